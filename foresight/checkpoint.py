@@ -1,0 +1,191 @@
+"""Atomic checkpoint I/O: model directories (config.json + model.safetensors + stats.json) and training state.
+
+Layout of a run (see DESIGN.md)::
+
+    runs/<experiment>/<name>/checkpoints/<step:09d>/config.json          {"type": ..., "config": {...}}
+                                                   /model.safetensors
+                                                   /stats.json          (optional data statistics)
+                                                   /training_state/     optimizer, scheduler, RNG, data position
+    runs/<experiment>/<name>/checkpoints/last -> <step:09d>
+
+Every directory is written under a temporary name beside its final place and renamed into place, so a run
+killed mid-save leaves either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+STATS_NAME = "stats.json"
+TRAINING_STATE_DIR = "training_state"
+LAST_LINK = "last"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete or corrupt; the message names the file."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder + fsync + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a temp directory; on success it replaces ``path`` as a whole (the old one is removed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        trash = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+        os.replace(path, trash)
+        os.replace(tmp, path)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def read_json(path: str | Path, *, what: str = "file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing {what}: {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"corrupt {what}: {path} is not valid JSON ({e})") from e
+
+
+def save_weights(module: torch.nn.Module, path: str | Path) -> None:
+    """Write a module's parameters and buffers as safetensors (tied/shared tensors handled)."""
+    from safetensors.torch import save_model
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        save_model(module, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_weights(module: torch.nn.Module, path: str | Path, *, device: str | torch.device = "cpu") -> None:
+    """Load safetensors weights into ``module`` strictly; missing/corrupt files raise CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing weights file: {path} does not exist")
+    try:
+        missing, unexpected = load_model(module, str(path), strict=False, device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"corrupt weights file {path}: {e}") from e
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights file {path} does not match the model: missing keys {sorted(missing)[:10]}, "
+            f"unexpected keys {sorted(unexpected)[:10]}"
+        )
+
+
+def step_dir_name(step: int) -> str:
+    return f"{step:09d}"
+
+
+def update_last_link(checkpoints_dir: str | Path, step_dir: str | Path) -> None:
+    """Point ``checkpoints/last`` at ``step_dir`` atomically (a relative symlink)."""
+    checkpoints_dir = Path(checkpoints_dir)
+    link = checkpoints_dir / LAST_LINK
+    tmp = checkpoints_dir / f".{LAST_LINK}.{uuid.uuid4().hex}.tmp"
+    os.symlink(Path(step_dir).name, tmp)
+    os.replace(tmp, link)
+    _fsync_dir(checkpoints_dir)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Find the model directory behind ``path``: a model dir, a ``checkpoints`` dir, or a run dir."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path} does not exist")
+    for candidate in (path, path / LAST_LINK, path / "checkpoints" / LAST_LINK):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate.resolve()
+    raise CheckpointError(
+        f"no checkpoint at {path}: expected {CONFIG_NAME} (+ {WEIGHTS_NAME}) in it, "
+        f"or a '{LAST_LINK}' link to a checkpoint directory"
+    )
+
+
+def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
+    """Complete step directories under ``checkpoints_dir``, oldest first."""
+    checkpoints_dir = Path(checkpoints_dir)
+    if not checkpoints_dir.is_dir():
+        return []
+    steps = [p for p in checkpoints_dir.iterdir() if p.is_dir() and p.name.isdigit() and not p.is_symlink()]
+    return sorted(steps, key=lambda p: int(p.name))

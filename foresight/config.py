@@ -1,0 +1,270 @@
+"""Typed configs: dataclasses, presets, YAML files and command-line overrides.
+
+Every model and experiment has one dataclass config. A config is built in layers, each overriding the last:
+
+    defaults of the dataclass  <-  preset (``tiny`` / ``quick`` / ``paper``)  <-  YAML file  <-  CLI overrides
+
+CLI overrides are ``key=value`` or ``--key value`` (or ``--key=value``); nested fields use dots
+(``model.num_layers=4``). Values are parsed as YAML scalars/lists and then checked against the field's type,
+so ``lr=3e-4`` becomes a float and ``lr=fast`` is an error that names the field and the expected type.
+
+Presets are declared on the config class as ``PRESETS = {"tiny": {...}, ...}`` (dicts of overrides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+PRESET_NAMES = ("tiny", "quick", "paper")
+
+
+class ConfigError(ValueError):
+    """A config value, key or file that does not fit its dataclass."""
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON/YAML-safe dict of a (nested) dataclass config. Tuples become lists."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"expected a dataclass config, got {type(config).__name__}")
+
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): convert(v) for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return convert(config)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check/convert ``value`` to ``annotation``; raise ConfigError naming ``where`` on mismatch."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {value!r} fits none of {annotation}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {annotation.__name__}, got {value!r}")
+        return from_dict(annotation, value, _prefix=where + ".")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if origin is tuple and args:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        converted = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(converted) if origin is tuple else converted
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected a bool, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected an int, got {value!r}")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an int, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{where}: expected an int, got {value!r}")
+        return int(as_float)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a float, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a float, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if annotation is Path:
+        return Path(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, _prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) dict; unknown keys are an error that lists the known ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    hints = _field_types(cls)
+    unknown = set(data) - set(hints)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {sorted(_prefix + k for k in unknown)} for {cls.__name__}; "
+            f"known: {sorted(hints)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], _prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def merge(config: T, updates: dict[str, Any]) -> T:
+    """Return a copy of ``config`` with (nested, dotted or not) ``updates`` applied and type-checked."""
+    hints = _field_types(type(config))
+    changes: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in updates.items():
+        head, _, rest = key.partition(".")
+        if head not in hints:
+            raise ConfigError(f"unknown config key {key!r} for {type(config).__name__}; known: {sorted(hints)}")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        elif dataclasses.is_dataclass(hints[head]) and isinstance(value, dict):
+            nested.setdefault(head, {}).update(value)
+        else:
+            changes[head] = _coerce(value, hints[head], head)
+    for head, sub in nested.items():
+        current = changes.get(head, getattr(config, head))
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"config key {head!r} of {type(config).__name__} has no sub-keys")
+        changes[head] = merge(current, sub)
+    return dataclasses.replace(config, **changes)
+
+
+def preset(cls: type[T], name: str) -> T:
+    """The config of ``cls`` under preset ``name`` (``cls.PRESETS[name]`` applied to the defaults)."""
+    presets = getattr(cls, "PRESETS", {})
+    if name not in presets:
+        raise ConfigError(f"{cls.__name__} has no preset {name!r}; available: {sorted(presets)}")
+    return merge(cls(), presets[name])
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """``["a=1", "--b.c", "x", "--d=2"]`` -> ``{"a": 1, "b.c": "x", "d": 2}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--"):
+            body = arg[2:]
+            if "=" in body:
+                key, raw = body.split("=", 1)
+            else:
+                if i + 1 >= len(argv) or (argv[i + 1].startswith("--") and not _is_number(argv[i + 1])):
+                    key, raw = body, "true"  # a bare flag
+                else:
+                    key, raw = body, argv[i + 1]
+                    i += 1
+        elif "=" in arg:
+            key, raw = arg.split("=", 1)
+        else:
+            raise ConfigError(f"cannot parse argument {arg!r}: expected key=value or --key value")
+        key = key.replace("-", "_")
+        try:
+            out[key] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            out[key] = raw
+        i += 1
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def build_config(cls: type[T], argv: list[str] | None = None, *, default_preset: str | None = None) -> T:
+    """Build a config from the command line: ``[--preset NAME] [--config FILE.yaml] [key=value ...]``.
+
+    Order: dataclass defaults <- preset <- YAML file <- overrides. A ``preset`` key inside the YAML file is
+    honoured when no ``--preset`` was given.
+    """
+    overrides = parse_overrides(list(argv or []))
+    preset_name = overrides.pop("preset", None)
+    file_values: dict[str, Any] = {}
+    config_path = overrides.pop("config", None)
+    if config_path is not None:
+        file_values = load_yaml(config_path)
+        preset_name = preset_name or file_values.pop("preset", None)
+        file_values.pop("preset", None)
+    preset_name = preset_name or default_preset
+    config = preset(cls, preset_name) if preset_name else cls()
+    config = merge(config, _flatten(file_values))
+    return merge(config, overrides)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def dump_yaml(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def config_json(config: Any) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=False)
