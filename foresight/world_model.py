@@ -261,6 +261,14 @@ class WorldModel(nn.Module, abc.ABC):
             p.requires_grad_(id(p) in trainable)
         return self
 
+    def stage_dataset(self, dataset: Any, stage: str | None = None) -> Any:
+        """The dataset ``loss`` trains on in ``stage``, built from a clip dataset.
+
+        Models whose later stages read frozen outputs of earlier ones (HARP's codes, GHVAE's lower modules)
+        return a cached dataset here so the frozen part never re-runs per epoch. Default: the clips as they are.
+        """
+        return dataset
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
