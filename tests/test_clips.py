@@ -1,0 +1,96 @@
+"""Clip windows: alignment of frames and actions, stride, augmentation, the fast loader."""
+
+import numpy as np
+import pytest
+import torch
+
+from foresight.data.clips import ClipDataset, ClipLoader, shift_augment
+from foresight.data.episodes import EpisodeDataset, EpisodeWriter
+
+
+def counting_episode(T, offset, H=8, task="a"):
+    """Frame t is filled with value offset+t; action t is (offset+t) so alignment is checkable."""
+    frames = np.broadcast_to((offset + np.arange(T, dtype=np.uint8))[:, None, None, None], (T, H, H, 3)).copy()
+    actions = np.stack([offset + np.arange(T - 1), -(offset + np.arange(T - 1))], 1).astype(np.float32)
+    states = (offset + np.arange(T, dtype=np.float32))[:, None].repeat(3, 1)
+    return {"frames": frames, "actions": actions, "states": states, "task": task}
+
+
+@pytest.fixture
+def episodes():
+    return [counting_episode(20, 0, task="a"), counting_episode(15, 100, task="b")]
+
+
+def test_windows_count_and_alignment(episodes):
+    ds = ClipDataset(episodes, context=2, future=3)
+    assert len(ds) == (20 - 4) + (15 - 4)  # windows that fit inside each episode, none across the boundary
+    b = ds.get_batch(np.arange(len(ds)))
+    assert b["frames"].shape == (len(ds), 5, 3, 8, 8) and b["frames"].dtype == torch.float32
+    assert b["actions"].shape == (len(ds), 4, 2) and b["states"].shape == (len(ds), 5, 3)
+    first = (b["frames"][:, :, 0, 0, 0] * 255).round()  # [B, T] frame values
+    # consecutive frames, and the action at t carries the value of frame t (moves t -> t+1)
+    assert torch.all(first[:, 1:] - first[:, :-1] == 1)
+    assert torch.equal(b["actions"][:, :, 0], first[:, :-1])
+    assert torch.equal(b["states"][:, :, 0], first)
+    assert b["task"].tolist() == [0] * 16 + [1] * 11
+    assert ds.task_names == ["a", "b"]
+    assert b["start"][16].item() == 0 and b["episode"][16].item() == 1
+
+
+def test_stride_and_action_reduce(episodes):
+    ds = ClipDataset(episodes, context=1, future=3, stride=2, action_reduce="concat")
+    assert len(ds) == (20 - 6) + (15 - 6)
+    b = ds.get_batch([0])
+    assert ((b["frames"][0, :, 0, 0, 0] * 255).round().tolist()) == [0, 2, 4, 6]
+    assert b["actions"].shape == (1, 3, 4) and ds.action_dim == 4
+    assert b["actions"][0, 1].tolist() == [2, -2, 3, -3]
+    s = ClipDataset(episodes, context=1, future=3, stride=2, action_reduce="sum").get_batch([0])
+    assert s["actions"][0, :, 0].tolist() == [1, 5, 9]
+
+
+def test_shift_augment_is_a_replicate_padded_translation():
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 256, (16, 3, 10, 10, 3), dtype=np.uint8)
+    out = shift_augment(clips, 2, np.random.default_rng(1))
+    dy = np.random.default_rng(1).integers(-2, 3, 16)
+    dx = np.random.default_rng(1)
+    dx.integers(-2, 3, 16)
+    dx = dx.integers(-2, 3, 16)
+    for i in range(16):  # interior pixels are the source moved by (dy, dx); every frame moved alike
+        y0, x0 = max(0, -dy[i]), max(0, -dx[i])
+        y1, x1 = 10 - max(0, dy[i]), 10 - max(0, dx[i])
+        np.testing.assert_array_equal(out[i, :, y0:y1, x0:x1], clips[i, :, y0 + dy[i]:y1 + dy[i], x0 + dx[i]:x1 + dx[i]])
+    assert np.any(dy != 0) and not np.array_equal(out, clips)
+    assert shift_augment(clips, 0, rng) is clips
+
+
+def test_item_augmentation_is_reproducible(episodes):
+    ds = ClipDataset(episodes, context=1, future=3, augment_shift=2, seed=5)
+    a, b = ds[3], ds[3]
+    assert torch.equal(a["frames"], b["frames"])
+    assert a["frames"].shape == (4, 3, 8, 8)
+
+
+def test_loader_epoch_covers_all_and_uint8(episodes):
+    ds = ClipDataset(episodes, context=1, future=3, frames_dtype=torch.uint8)
+    loader = ClipLoader(ds, batch_size=4, shuffle=True, drop_last=False, seed=0, prefetch=2)
+    seen = torch.cat([torch.stack([b["episode"], b["start"]], 1) for b in loader])
+    assert len(loader) == -(-len(ds) // 4) and len(seen) == len(ds)
+    assert len({tuple(x) for x in seen.tolist()}) == len(ds)
+    batch = next(iter(loader))
+    assert batch["frames"].dtype == torch.uint8
+    on_cpu = next(iter(ClipLoader(ds, batch_size=4, device="cpu", prefetch=0)))
+    assert on_cpu["frames"].dtype == torch.float32 and on_cpu["frames"].max() <= 1.0
+
+
+def test_from_disk_and_errors(tmp_path, episodes):
+    w = EpisodeWriter(tmp_path)
+    for v, ep in enumerate(episodes):
+        w.write({k: ep[k] for k in ("frames", "actions", "states")}, task=ep["task"], variation=v, split="train")
+    ds = ClipDataset(EpisodeDataset(tmp_path), context=1, future=11, task_names=["z", "b", "a"])
+    assert len(ds) == (20 - 11) + (15 - 11)
+    assert ds.get_batch([0])["task"].item() == 2
+    with pytest.raises(ValueError, match="not in task_names"):
+        ClipDataset(episodes, task_names=["a"])
+    with pytest.raises(ValueError, match="long enough"):
+        ClipDataset(episodes, context=10, future=20)
