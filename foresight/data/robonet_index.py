@@ -41,7 +41,7 @@ class RoboNetIndex:
     def __init__(self, folder: str | os.PathLike, rows: dict[str, dict[str, Any]],
                  skipped: dict[str, str] | None = None):
         self.folder = Path(folder)
-        self.rows = dict(sorted(rows.items()))
+        self.rows = dict(rows)  # insertion order is the file order (sorted by `build`, list order by `select`)
         self.skipped = dict(skipped or {})  # file name -> reason it was not indexed
 
     # -- building ---------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ class RoboNetIndex:
                         warnings.warn(f"RoboNet index: skipping {p}: {err}", stacklevel=2)
             bar.close()
 
-        index = cls(folder, rows, skipped)
+        index = cls(folder, dict(sorted(rows.items())), skipped)
         if cache and (todo or set(cached) != set(rows)):
             index.save_cache()
         return index
@@ -216,9 +216,7 @@ class RoboNetIndex:
             if strict:
                 raise FileNotFoundError(msg)
             warnings.warn(msg, stacklevel=2)
-        index = RoboNetIndex(self.folder, {}, self.skipped)
-        index.rows = {n: self.rows[n] for n in names if n in self.rows}  # keep the list's order
-        return index
+        return self._subset(n for n in names if n in self.rows)  # keep the list's order
 
     def exclude(self, names: Iterable[str]) -> "RoboNetIndex":
         """All rows except the given file names (e.g. the training set = everything but the test list)."""

@@ -33,6 +33,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,11 +94,14 @@ def _tmp_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def decode_mp4(data: bytes | np.ndarray, *, max_frames: int | None = None) -> np.ndarray:
+def decode_mp4(data: bytes | np.ndarray, *, max_frames: int | None = None,
+               size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode MP4 bytes to uint8 frames [T, H, W, 3] (channel order as encoded).
 
-    Goes through a temporary file (see the module docstring for why not BytesIO). ``max_frames`` stops the
-    decoder early, which is what makes reading a 12-frame clip from a 30-frame video cheap.
+    Goes through a temporary file and the ffmpeg binary of imageio-ffmpeg (see the module docstring for why
+    not BytesIO). ``max_frames`` stops the decoder early, which makes reading a 12-frame clip from a long video
+    cheap. ``size`` = (H, W) is the frame size the file's ``shape`` attribute promises; when given, frames are
+    scaled to it (a no-op for files written at that size), else the stream's own size is used.
     """
     import imageio_ffmpeg
 
@@ -105,22 +110,31 @@ def decode_mp4(data: bytes | np.ndarray, *, max_frames: int | None = None) -> np
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(buf)
-        out_params = ["-frames:v", str(int(max_frames))] if max_frames is not None else None
-        gen = imageio_ffmpeg.read_frames(tmp, pix_fmt="rgb24", output_params=out_params)
-        try:
-            meta = next(gen)
-            w, h = meta["size"]
-            frames = [np.frombuffer(b, dtype=np.uint8).reshape(h, w, 3) for b in gen]
-        finally:
-            gen.close()
-    except (RuntimeError, OSError, StopIteration, KeyError, ValueError) as e:
-        raise ValueError(f"cannot decode MP4 stream ({type(e).__name__}: {str(e).strip()[:300]})") from e
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "info", "-i", tmp]
+        if max_frames is not None:
+            cmd += ["-frames:v", str(int(max_frames))]
+        if size is not None:
+            cmd += ["-vf", f"scale={int(size[1])}:{int(size[0])}"]
+        cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+        proc = subprocess.run(cmd, capture_output=True)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    if not frames:
-        raise ValueError("MP4 stream holds no frames")
-    return np.stack(frames)  # [T, H, W, 3]
+    log = proc.stderr.decode("utf-8", errors="replace")
+    if proc.returncode != 0:
+        raise ValueError(f"cannot decode MP4 stream (ffmpeg exit {proc.returncode}: {log.strip()[-300:]})")
+    if size is None:
+        # ffmpeg logs the output stream last: "Stream #0:0: Video: rawvideo (RGB[24] ...), rgb24, 64x48, ..."
+        found = re.findall(r"Video: .*?, (\d+)x(\d+)", log)
+        if not found:
+            raise ValueError("cannot decode MP4 stream (no video stream found)")
+        w, h = (int(v) for v in found[-1])
+    else:
+        h, w = int(size[0]), int(size[1])
+    n = len(proc.stdout) // (h * w * 3)
+    if n == 0:
+        raise ValueError(f"MP4 stream holds no decodable frames ({log.strip()[-200:]})")
+    return np.frombuffer(proc.stdout, dtype=np.uint8, count=n * h * w * 3).reshape(n, h, w, 3)
 
 
 def encode_mp4(frames: np.ndarray, *, fps: int = 10, quality: float = 8.0) -> np.ndarray:
@@ -289,7 +303,9 @@ def _read_camera(hf: h5py.File, cam: int, meta: dict[str, Any], start: int, n: i
     if meta["img_encoding"] == "mp4":
         ds = group["frames"]
         fmt = _to_python(ds.attrs.get("image_format", "RGB"))
-        frames = decode_mp4(ds[()], max_frames=start + n)[start:start + n]
+        shape = ds.attrs.get("shape")
+        size = (int(shape[0]), int(shape[1])) if shape is not None else None
+        frames = decode_mp4(ds[()], max_frames=start + n, size=size)[start:start + n]
         if frames.shape[0] < n:
             raise ValueError(f"camera {cam}: MP4 holds {frames.shape[0] + start} frames, expected >= {start + n}")
         return frames[..., ::-1] if fmt == "BGR" else frames
