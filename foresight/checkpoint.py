@@ -144,8 +144,17 @@ def load_weights(module: torch.nn.Module, path: str | Path, *, device: str | tor
     if not path.is_file():
         raise CheckpointError(f"missing weights file: {path} does not exist")
     try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:  # parses the header: catches truncation / garbage
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt weights file {path}: {e}") from e
+    try:
         missing, unexpected = load_model(module, str(path), strict=False, device=str(device))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+    except RuntimeError as e:
+        raise CheckpointError(f"weights file {path} does not match the model: {e}") from e
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"corrupt weights file {path}: {e}") from e
     if missing or unexpected:
         raise CheckpointError(

@@ -148,7 +148,7 @@ def from_dict(cls: type[T], data: dict[str, Any], *, _prefix: str = "") -> T:
     return cls(**kwargs)
 
 
-def merge(config: T, updates: dict[str, Any]) -> T:
+def merge(config: T, updates: dict[str, Any], *, _prefix: str = "") -> T:
     """Return a copy of ``config`` with (nested, dotted or not) ``updates`` applied and type-checked."""
     hints = _field_types(type(config))
     changes: dict[str, Any] = {}
@@ -156,18 +156,18 @@ def merge(config: T, updates: dict[str, Any]) -> T:
     for key, value in updates.items():
         head, _, rest = key.partition(".")
         if head not in hints:
-            raise ConfigError(f"unknown config key {key!r} for {type(config).__name__}; known: {sorted(hints)}")
+            raise ConfigError(f"unknown config key {_prefix + key!r} for {type(config).__name__}; known: {sorted(hints)}")
         if rest:
             nested.setdefault(head, {})[rest] = value
         elif dataclasses.is_dataclass(hints[head]) and isinstance(value, dict):
             nested.setdefault(head, {}).update(value)
         else:
-            changes[head] = _coerce(value, hints[head], head)
+            changes[head] = _coerce(value, hints[head], _prefix + head)
     for head, sub in nested.items():
         current = changes.get(head, getattr(config, head))
         if not dataclasses.is_dataclass(current):
             raise ConfigError(f"config key {head!r} of {type(config).__name__} has no sub-keys")
-        changes[head] = merge(current, sub)
+        changes[head] = merge(current, sub, _prefix=f"{_prefix}{head}.")
     return dataclasses.replace(config, **changes)
 
 

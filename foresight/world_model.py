@@ -316,14 +316,18 @@ class WorldModel(nn.Module, abc.ABC):
     def save_pretrained(self, directory: str | Path, *, stats: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` (with ``type``), ``model.safetensors`` and ``stats.json`` atomically."""
         directory = Path(directory)
-        stats = self.stats if stats is None else stats
         with ckpt.atomic_directory(directory) as tmp:
-            meta = {"type": self.type, "config": to_dict(self.config), "stage": self.stage}
-            (tmp / ckpt.CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-            ckpt.save_weights(self, tmp / ckpt.WEIGHTS_NAME)
-            if stats:
-                (tmp / ckpt.STATS_NAME).write_text(json.dumps(stats, indent=2) + "\n")
+            self.write_pretrained_files(tmp, stats=stats)
         return directory
+
+    def write_pretrained_files(self, directory: Path, *, stats: dict[str, Any] | None = None) -> None:
+        """Write the model files into an existing (temporary) directory; see ``save_pretrained``."""
+        stats = self.stats if stats is None else stats
+        meta = {"type": self.type, "config": to_dict(self.config), "stage": self.stage}
+        (directory / ckpt.CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        ckpt.save_weights(self, directory / ckpt.WEIGHTS_NAME)
+        if stats:
+            (directory / ckpt.STATS_NAME).write_text(json.dumps(stats, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> "WorldModel":

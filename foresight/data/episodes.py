@@ -14,6 +14,7 @@ An episode (what `save_episode` takes and `EpisodeDataset[i]` returns) is a dict
     states   float32 [T, S]         robot/object state beside each frame (optional)
     rewards  float32 [T-1]          reward returned by the step that produced frames[t+1] (optional)
     success  bool    [T]            task solved at frame t (success[0] describes the reset frame) (optional)
+    ...      any further numpy array is stored as given (e.g. 'sim_states' float64 [T, n] for exact replay)
 
 plus ``task`` (str), ``variation`` (int) and ``split`` ('train' | 'test') taken from the manifest.
 
@@ -57,7 +58,6 @@ __all__ = [
 MANIFEST = "manifest.jsonl"
 META = "meta.json"
 FORMAT_VERSION = 1
-_ARRAY_KEYS = ("frames", "actions", "states", "rewards", "success")
 
 
 class CorruptEpisodeError(ValueError):
@@ -145,14 +145,15 @@ def validate_episode(ep: dict[str, np.ndarray], *, name: str = "episode") -> Non
 
 
 def _encode_episode(ep: dict[str, np.ndarray]) -> bytes:
-    arrays = {"frames": np.ascontiguousarray(ep["frames"], dtype=np.uint8),
-              "actions": np.asarray(ep["actions"], dtype=np.float32)}
-    if "states" in ep:
-        arrays["states"] = np.asarray(ep["states"], dtype=np.float32)
-    if "rewards" in ep:
-        arrays["rewards"] = np.asarray(ep["rewards"], dtype=np.float32)
-    if "success" in ep:
-        arrays["success"] = np.asarray(ep["success"], dtype=bool)
+    # The standard arrays get fixed dtypes; any further array (e.g. 'sim_states' [T, n]) is stored as given.
+    dtypes = {"frames": np.uint8, "actions": np.float32, "states": np.float32, "rewards": np.float32,
+              "success": bool}
+    arrays = {}
+    for k, v in ep.items():
+        if k in dtypes:
+            arrays[k] = np.ascontiguousarray(v, dtype=dtypes[k])
+        elif isinstance(v, np.ndarray) and v.dtype != object:
+            arrays[k] = v
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return buf.getvalue()
@@ -205,7 +206,7 @@ def load_episode(path: str | os.PathLike, *, nbytes: int | None = None, crc32: i
         raise CorruptEpisodeError(f"episode file fails its CRC-32 check (corrupt): {path}")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            wanted = [k for k in (keys or _ARRAY_KEYS) if k in z.files]
+            wanted = [k for k in keys if k in z.files] if keys is not None else list(z.files)
             ep = {k: z[k] for k in wanted}
     except Exception as e:  # zipfile.BadZipFile, zlib.error, ValueError, EOFError ...
         raise CorruptEpisodeError(f"episode file cannot be decoded: {path} ({type(e).__name__}: {e})") from e
@@ -343,7 +344,7 @@ class EpisodeDataset(Sequence[dict]):
         split: 'train', 'test' or None (both).
         tasks: keep only these task names (None = all).
         verify: check every file's size and CRC-32 when it is read (cheap next to decompression).
-        keys: arrays to load (default all of frames, actions, states, rewards, success).
+        keys: arrays to load (default: all arrays in the file).
 
     ``ds[i]`` returns a dict of numpy arrays (see module docstring) plus 'task', 'variation', 'split'.
     Construction checks that every listed file exists with the recorded size, so a missing or truncated file

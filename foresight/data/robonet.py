@@ -362,3 +362,63 @@ def convert_to_episodes(
                             "primitives": row.get("primitives")})
         counts["written"] += 1
     return counts
+
+
+# ----------------------------------------------------------------------------------------------------------
+# synthetic files in the real layout (smoke tests, benchmarks, demos)
+
+_ROBOT_SPECS = {  # robot -> (adim, primitives): the two action-space families found in RoboNet
+    "sawyer": (4, "autograsp"), "franka": (4, "autograsp"), "kuka": (4, "autograsp"), "baxter": (4, "autograsp"),
+    "widowx": (5, "none"), "R3": (4, "autograsp"), "fetch": (4, "autograsp"),
+}
+
+
+def write_synthetic_trajectories(
+    folder: str | os.PathLike,
+    num_files: int,
+    *,
+    robots: Sequence[str] = ("sawyer", "widowx"),
+    steps: int = 30,
+    frame_size: tuple[int, int] = (48, 64),
+    num_cams: int = 1,
+    encoding: str = "mp4",
+    seed: int = 0,
+    progress: bool = False,
+) -> list[Path]:
+    """Write ``num_files`` RoboNet-layout files of a moving blob (a stand-in when the real data is absent).
+
+    Files are named ``{robot}_traj{i}.hdf5``; actions are the blob's displacement (so an action-conditioned
+    model can learn them), the gripper state toggles, robots cycle through ``robots`` with RoboNet's action
+    widths (4-D autograsp or 5-D). Returns the paths.
+    """
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    h, w = frame_size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    paths = []
+    for i in tqdm(range(num_files), desc="writing synthetic RoboNet", disable=not progress):
+        robot = robots[i % len(robots)]
+        adim, primitives = _ROBOT_SPECS.get(robot, (4, "autograsp"))
+        moves = rng.normal(0, 0.04, size=(steps - 1, 2)).astype(np.float32)
+        pos = np.clip(np.concatenate([rng.uniform(0.3, 0.7, (1, 2)), moves]).cumsum(0), 0.1, 0.9)  # [T, 2]
+        gripper = np.where((np.arange(steps) // 7) % 2 == 0, 1.0, -1.0).astype(np.float32)
+        states = np.concatenate([pos, np.zeros((steps, 2), np.float32), gripper[:, None]], axis=1)  # [T, 5]
+        actions = np.zeros((steps - 1, adim), np.float32)
+        actions[:, :2] = np.diff(pos, axis=0)
+        if adim == 5:
+            actions[:, 4] = gripper[1:]
+        background = rng.uniform(40, 120, size=3)
+        images = np.empty((steps, num_cams, h, w, 3), np.uint8)
+        for t in range(steps):
+            for c in range(num_cams):
+                cy, cx = pos[t, 0] * h, (pos[t, 1] if c == 0 else 1 - pos[t, 1]) * w
+                blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.08 * h) ** 2))
+                colour = (200.0, 60.0, 40.0) if gripper[t] > 0 else (40.0, 200.0, 60.0)
+                images[t, c] = np.clip(background + blob[..., None] * (np.array(colour) - background), 0, 255)
+        path = folder / f"{robot}_traj{i}.hdf5"
+        write_trajectory(path, images=images, states=states, actions=actions, encoding=encoding,
+                         metadata=default_metadata(robot=robot, primitives=primitives,
+                                                   action_space="x,y,z,theta" + (",gripper" if adim == 5 else "")),
+                         low_bound=[0.0, 0.0, 0.0, -np.pi, -1.0], high_bound=[1.0, 1.0, 0.3, np.pi, 1.0])
+        paths.append(path)
+    return paths

@@ -79,7 +79,7 @@ class ConvPredictor(WorldModel):
         in_ch = 3 * config.context_frames
         for i in range(config.levels):
             out_ch = c * 2**i
-            enc += [nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1), nn.GroupNorm(min(8, out_ch), out_ch), nn.SiLU()]
+            enc += [nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1, bias=False), nn.GroupNorm(min(8, out_ch), out_ch), nn.SiLU()]
             in_ch = out_ch
         enc += [nn.Conv2d(in_ch, config.latent_channels, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
@@ -91,7 +91,7 @@ class ConvPredictor(WorldModel):
         in_ch = config.latent_channels
         for i in reversed(range(config.levels)):
             out_ch = c * 2**i
-            dec += [nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1), nn.GroupNorm(min(8, out_ch), out_ch), nn.SiLU()]
+            dec += [nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1, bias=False), nn.GroupNorm(min(8, out_ch), out_ch), nn.SiLU()]
             in_ch = out_ch
         dec += [nn.Conv2d(in_ch, 3, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)

@@ -1,0 +1,284 @@
+"""GHVAE world model: K stacked VAE modules trained greedily, one stage per module.
+
+Stages: ``("module1", ..., "moduleK", "finetune")``. In stage ``module{k}`` only module k trains; modules
+1..k-1 are frozen (no ``requires_grad``, eval mode) and their encoder outputs come from a cache built once by
+`stage_dataset`; modules after k are not used. The prediction in stage ``module{k}`` (and after training it)
+uses depth k: the deepest latent is z^k. ``finetune`` trains all K modules end to end at depth K (the paper's
+optional fine-tune; on a fresh model it is the "end-to-end from scratch" baseline).
+
+Per transition t -> t+1 (x^0 = x, all h^j_t from the frame x_t)::
+
+    h_t^j = enc^j(h_t^{j-1})                                       j = 1..d
+    q: z_{t+1}^d ~ N(post^d(h_{t+1}^d), posterior_std^2)           training only
+    p: z_{t+1}^d ~ N(prior^d(h_t^d, a_t))                          inference
+    u^d = z_{t+1}^d;   u^{j-1} = dec^j(h_t^j, u^j)  for j = d..1;   x_{t+1} = x_t + u^0
+
+Loss of stage module d (the per-module ELBO, Eq. 2), per future frame, both terms per pixel::
+
+    mse(x_{t+1}, target) + kl_weight * KL(q || p) / (3 H W)
+
+The decoders of frozen modules sit inside the likelihood, as in the paper: gradients flow through them into
+module d, but their weights do not change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from foresight.registry import register_model
+from foresight.world_model import WorldModel
+
+from .cache import FeatureCacheDataset, gather_clips
+from .config import GHVAEConfig, module_shapes
+from .modules import GHVAEModule
+
+__all__ = ["GHVAE"]
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def gaussian_kl_fixed_q(mu_q: Tensor, std_q: float, mu_p: Tensor, logstd_p: Tensor) -> Tensor:
+    """KL( N(mu_q, std_q^2) || N(mu_p, exp(logstd_p)^2) ) per element (q's std is the fixed scalar)."""
+    var_p = torch.exp(2 * logstd_p)
+    return logstd_p - math.log(std_q) + (std_q**2 + (mu_q - mu_p) ** 2) / (2 * var_p) - 0.5
+
+
+@register_model("ghvae")
+class GHVAE(WorldModel):
+    """Greedy Hierarchical VAE (Wu et al., 2021), action-conditioned or action-free (``action_dim=0``)."""
+
+    config_class = GHVAEConfig
+
+    def __init__(self, config: GHVAEConfig):
+        super().__init__(config)
+        self.shapes = module_shapes(config)
+        # Named `stack` (not `modules`, which nn.Module already defines). stack[k-1] is module k.
+        self.stack = nn.ModuleList(
+            GHVAEModule(s, action_dim=config.action_dim, res_blocks=config.res_blocks) for s in self.shapes)
+        self.set_stage(self.stages[0])
+
+    # ------------------------------------------------------------------ stages
+    @property
+    def stages(self) -> tuple[str, ...]:  # overrides the ClassVar: the stage list depends on num_modules
+        greedy = tuple(f"module{k}" for k in range(1, self.config.num_modules + 1))
+        return greedy + (("finetune",) if self.config.finetune else ())
+
+    @property
+    def num_modules(self) -> int:
+        return self.config.num_modules
+
+    @property
+    def depth(self) -> int:
+        """Modules used by `loss` and `predict` in the current stage (k in ``module{k}``, K in finetune)."""
+        return int(self.stage[len("module"):]) if self.stage.startswith("module") else self.num_modules
+
+    @property
+    def frozen_modules(self) -> int:
+        """How many leading modules are frozen in the current stage."""
+        return self.depth - 1 if self.stage.startswith("module") else 0
+
+    def stage_parameters(self, stage: str):
+        if stage == "finetune":
+            return list(self.stack.parameters())
+        k = int(stage[len("module"):])
+        return list(self.stack[k - 1].parameters())
+
+    def set_stage(self, stage: str) -> "GHVAE":
+        super().set_stage(stage)
+        self.train(self.training)  # re-applies eval mode to the frozen modules
+        return self
+
+    def train(self, mode: bool = True) -> "GHVAE":
+        super().train(mode)
+        if mode and "stack" in self._modules:
+            for module in self.stack[: self.frozen_modules]:
+                module.eval()  # frozen modules behave as at inference (matters for any dropout / norm stats)
+        return self
+
+    # ------------------------------------------------------------------ growing a trained stack
+    def grow(self, num_modules: int | None = None) -> "GHVAE":
+        """A model with more modules whose first ``self.num_modules`` modules are copies of this one's.
+
+        The new model's stage is the first new module, ready to train it greedily; nothing else is retrained.
+        """
+        num_modules = self.num_modules + 1 if num_modules is None else int(num_modules)
+        if num_modules <= self.num_modules:
+            raise ValueError(f"grow: expected more than {self.num_modules} modules, got {num_modules}")
+        bigger = type(self)(dataclasses.replace(self.config, num_modules=num_modules)).to(self.device)
+        for old, new in zip(self.stack, bigger.stack):
+            new.load_state_dict(old.state_dict())
+        bigger.stats = dict(self.stats)
+        return bigger.set_stage(f"module{self.num_modules + 1}")
+
+    # ------------------------------------------------------------------ building blocks
+    def encode(self, frames: Tensor, depth: int | None = None) -> list[Tensor]:
+        """``frames [N, 3, H, W]`` in [0, 1] -> ``[h^1 [N, C^1, H^1, W^1], ..., h^depth]``."""
+        depth = self.depth if depth is None else depth
+        h, out = frames * 2 - 1, []
+        for module in self.stack[:depth]:
+            h = module.encoder(h)
+            out.append(h)
+        return out
+
+    def decode(self, hs: list[Tensor], u: Tensor, frame: Tensor) -> Tensor:
+        """Decode the deepest future ``u = z^d [N, Z^d, H^d, W^d]`` with the current ``hs = [h_t^1..h_t^d]``
+        and frame ``x_t [N, 3, H, W]`` into ``x_{t+1} [N, 3, H, W]`` (not clamped)."""
+        for module, h in zip(reversed(self.stack[: len(hs)]), reversed(hs)):
+            u = module.decoder(h, u)  # [N, Z^{j-1} (3 at j=1), H^{j-1}, W^{j-1}]
+        return frame + u if self.config.residual else torch.sigmoid(u)
+
+    def _features_for(self, batch: dict[str, Any], frames: Tensor, depth: int, frozen: int) -> list[Tensor]:
+        """h^1..h^depth of all frames ``[B, T, 3, H, W]``, each ``[B, T, C, H, W]``; frozen levels from the
+        batch's cache (``"h1"``...) when present, else recomputed without gradient."""
+        b, t = frames.shape[:2]
+        hs: list[Tensor] = []
+        h = frames.flatten(0, 1) * 2 - 1  # [B*T, 3, H, W]
+        for j in range(1, depth + 1):
+            cached = batch.get(f"h{j}") if j <= frozen else None
+            if cached is not None:
+                shape = self.shapes[j - 1]
+                expected = (b, t, shape.channels, shape.size, shape.size)
+                if tuple(cached.shape) != expected:
+                    raise ValueError(f"cached feature h{j}: expected shape {list(expected)}, got {list(cached.shape)}")
+                h = cached.to(frames.device, torch.float32).flatten(0, 1)
+            elif j <= frozen:
+                with torch.no_grad():
+                    h = self.stack[j - 1].encoder(h)
+            else:
+                h = self.stack[j - 1].encoder(h)
+            hs.append(h)
+        return [x.view(b, t, *x.shape[1:]) for x in hs]
+
+    # ------------------------------------------------------------------ training
+    def loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        frames = batch["frames"]
+        if frames.dtype == torch.uint8:
+            frames = frames.float() / 255.0
+        frames = frames.to(self.device)
+        c, n = self.context_frames, frames.shape[1]
+        if frames.ndim != 5 or n <= c or tuple(frames.shape[2:]) != (3, self.image_size, self.image_size):
+            raise ValueError(f"frames: expected [B, T > {c}, 3, {self.image_size}, {self.image_size}], "
+                             f"got {list(frames.shape)}")
+        actions = None
+        if self.action_dim > 0:
+            actions = batch.get("actions")
+            if actions is None or actions.ndim != 3 or actions.shape[1] < n - 1 or actions.shape[2] != self.action_dim:
+                raise ValueError(f"actions: expected [B, {n - 1}, {self.action_dim}], got "
+                                 f"{None if actions is None else list(actions.shape)}")
+            actions = actions[:, : n - 1].to(self.device, torch.float32)
+        d, frozen = self.depth, self.frozen_modules
+        top = self.stack[d - 1]
+        hs = self._features_for(batch, frames, d, frozen)  # d x [B, N, C^j, H^j, W^j]
+
+        # Prior and posterior run over all N-1 transitions so their state has seen the context; the context
+        # transitions get zero actions because `predict` is never given the actions between context frames.
+        mu_q, mu_p, logstd_p = [], [], []
+        state_p = state_q = None
+        for t in range(n - 1):
+            a_t = None
+            if actions is not None:
+                a_t = actions[:, t] if t >= c - 1 else torch.zeros_like(actions[:, t])
+            mp, lp, state_p = top.prior_step(hs[-1][:, t], a_t, state_p)
+            mq, _, state_q = top.posterior(hs[-1][:, t + 1], state_q)
+            if t >= c - 1:
+                mu_p.append(mp), logstd_p.append(lp), mu_q.append(mq)
+        mu_q, mu_p, logstd_p = (torch.stack(x, dim=1) for x in (mu_q, mu_p, logstd_p))  # [B, F, Z, H^d, W^d]
+        std_q = self.config.posterior_std
+        z = mu_q + std_q * torch.randn_like(mu_q)
+
+        # Decode all F future frames at once (teacher forcing: h_t from the true frames).
+        cur = [h[:, c - 1: n - 1].flatten(0, 1) for h in hs]  # d x [B*F, C^j, H^j, W^j]
+        pred = self.decode(cur, z.flatten(0, 1), frames[:, c - 1: n - 1].flatten(0, 1))  # [B*F, 3, H, W]
+        target = frames[:, c:].flatten(0, 1)
+        mse = F.mse_loss(pred, target)
+        kl = gaussian_kl_fixed_q(mu_q, std_q, mu_p, logstd_p).flatten(2).sum(-1).mean()  # nats per frame
+        pixels = 3 * self.image_size**2
+        loss = mse + self.config.kl_weight * kl / pixels
+        metrics = {"mse": float(mse.detach()), "kl": float(kl.detach()), "loss": float(loss.detach()),
+                   "psnr": float(10 * torch.log10(1 / mse.detach().clamp_min(1e-10)))}
+        return loss, metrics
+
+    @torch.no_grad()
+    def cache_features(self, dataset: Any, levels: int, *, batch_size: int = 32) -> dict[str, Tensor]:
+        """Encoder outputs h^1..h^levels of every clip of ``dataset`` (un-augmented), in ``cache_dtype`` on CPU:
+        ``{"h1": [len, T, C^1, H^1, W^1], ...}``."""
+        dtype = _DTYPES[self.config.cache_dtype]
+        was_training = self.training
+        self.eval()
+        chunks: dict[str, list[Tensor]] = {f"h{j}": [] for j in range(1, levels + 1)}
+        try:
+            order = np.arange(len(dataset))
+            for start in tqdm(range(0, len(order), batch_size), desc=f"ghvae cache h1..h{levels}", leave=False):
+                frames = gather_clips(dataset, order[start:start + batch_size])["frames"]
+                if frames.dtype == torch.uint8:
+                    frames = frames.float() / 255.0
+                frames = frames.to(self.device)
+                b, t = frames.shape[:2]
+                for j, h in enumerate(self.encode(frames.flatten(0, 1), levels), start=1):
+                    chunks[f"h{j}"].append(h.view(b, t, *h.shape[1:]).to("cpu", dtype))
+        finally:
+            self.train(was_training)
+        return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+    def stage_dataset(self, dataset: Any, stage: str | None = None) -> Any:
+        """For ``module{k}`` with k > 1: the clips plus cached h^1..h^{k-1} of the frozen modules."""
+        stage = self.stage if stage is None else stage
+        if stage not in self.stages:
+            raise ValueError(f"unknown stage {stage!r}; stages: {list(self.stages)}")
+        if not stage.startswith("module") or stage == "module1":
+            return dataset
+        if isinstance(dataset, FeatureCacheDataset):
+            dataset = dataset.base
+        return FeatureCacheDataset(dataset, self.cache_features(dataset, int(stage[len("module"):]) - 1))
+
+    # ------------------------------------------------------------------ inference
+    def _predict(self, context_frames, actions, num_samples, generator, horizon):
+        d, c, s = self.depth, self.context_frames, num_samples
+        b = context_frames.shape[0]
+        top = self.stack[d - 1]
+        context = context_frames.repeat_interleave(s, dim=0)  # [B*S, C, 3, H, W]; sample index is the inner one
+        if actions is not None:
+            actions = actions.repeat_interleave(s, dim=0)  # [B*S, T, A]
+        hs = [h.view(b * s, c, *h.shape[1:]) for h in self.encode(context.flatten(0, 1), d)]
+        state = None
+        zero_action = context.new_zeros(b * s, self.action_dim) if actions is not None else None
+        for t in range(c - 1):  # warm the prior's state up on the context, as in training
+            _, _, state = top.prior_step(hs[-1][:, t], zero_action, state)
+        cur = [h[:, c - 1] for h in hs]
+        frame = context[:, c - 1]
+        out = []
+        for t in range(horizon):  # one encode + prior step + decode per predicted frame, batched over B*S
+            mean, logstd, state = top.prior_step(cur[-1], None if actions is None else actions[:, t], state)
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            frame = self.decode(cur, mean + logstd.exp() * noise, frame).clamp(0, 1)  # [B*S, 3, H, W]
+            out.append(frame)
+            if t + 1 < horizon:
+                cur = self.encode(frame, d)
+        return torch.stack(out, dim=1).view(b, s, horizon, 3, self.image_size, self.image_size)
+
+    # ------------------------------------------------------------------ features for policies and costs
+    @property
+    def feature_dim(self) -> int:
+        return self.shapes[self.depth - 1].channels
+
+    def features(self, frames: Tensor, actions: Tensor | None = None) -> Tensor:
+        """Per-frame ``[B, T, C^d]``: the deepest encoding h^d averaged over space (causal: frame t only)."""
+        b, t = frames.shape[:2]
+        return self.encode(frames.flatten(0, 1))[-1].mean(dim=(2, 3)).view(b, t, -1)
+
+    def embed(self, frames: Tensor) -> Tensor:
+        """``[..., 3, H, W]`` -> the flattened deepest encoding h^d ``[..., C^d * H^d * W^d]``."""
+        lead = frames.shape[:-3]
+        h = self.encode(frames.reshape(-1, *frames.shape[-3:]))[-1]
+        return h.flatten(1).view(*lead, -1)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_modules={self.num_modules}, depth={self.depth}"

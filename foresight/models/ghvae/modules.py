@@ -1,0 +1,115 @@
+"""One GHVAE module: encoder, decoder, recurrent-convolutional prior and posterior.
+
+Module k (1-based) with shapes from `module_shapes`::
+
+    encoder    h_t^{k-1} [N, C^{k-1}, H^{k-1}, W^{k-1}]  ->  h_t^k [N, C^k, H^k, W^k]     (x_t for k = 1)
+    decoder    (h_t^k, u_{t+1}^k [N, Z^k, H^k, W^k])     ->  u_{t+1}^{k-1}               (x_{t+1} for k = 1)
+    prior      ConvLSTM over cat(h_t^k, a_t tiled)       ->  mean, log-std of z_{t+1}^k  [N, Z^k, H^k, W^k]
+    posterior  ConvLSTM over h_{t+1}^k                   ->  mean of z_{t+1}^k (its std is fixed)
+
+``u^k`` is "the future at level k" in the channels of z^k: when module k is the deepest, u^k = z^k (sampled
+from the posterior in training and from the prior at inference); when a deeper module k+1 exists, its decoder
+produces u^k from its own h^{k+1} and u^{k+1}. So every decoder projects the stochasticity of the level below
+it into its own level, and only the deepest z is ever sampled.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from foresight.nn.convlstm import ConvLSTMCell
+
+from .config import ModuleShape
+
+__all__ = ["GHVAEModule", "ResBlock"]
+
+LOGSTD_MIN, LOGSTD_MAX = -6.0, 4.0
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv x2 with an identity skip; keeps [N, C, H, W]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, shape: ModuleShape, res_blocks: int):
+        super().__init__()
+        stem = (nn.Conv2d(shape.in_channels, shape.channels, 4, stride=2, padding=1) if shape.downsample
+                else nn.Conv2d(shape.in_channels, shape.channels, 3, padding=1))
+        self.net = nn.Sequential(stem, *[ResBlock(shape.channels) for _ in range(res_blocks)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, shape: ModuleShape, res_blocks: int):
+        super().__init__()
+        ch = shape.channels
+        self.inp = nn.Conv2d(ch + shape.latent, ch, 3, padding=1)
+        self.blocks = nn.Sequential(*[ResBlock(ch) for _ in range(res_blocks)])
+        out_width = max(shape.in_channels, 16)  # width at the output resolution (k = 1 would be just 3)
+        up = (nn.ConvTranspose2d(ch, out_width, 4, stride=2, padding=1) if shape.downsample
+              else nn.Conv2d(ch, out_width, 3, padding=1))
+        self.out = nn.Sequential(_norm(ch), nn.SiLU(), up, _norm(out_width), nn.SiLU(),
+                                 nn.Conv2d(out_width, shape.out_channels, 3, padding=1))
+
+    def forward(self, h: Tensor, u: Tensor) -> Tensor:
+        x = self.inp(torch.cat([h, u], dim=1))  # [N, C^k, H^k, W^k]
+        return self.out(self.blocks(x))          # [N, out, H^{k-1}, W^{k-1}]
+
+
+class GaussianConvLSTM(nn.Module):
+    """ConvLSTM followed by a 1x1 conv to a diagonal Gaussian (mean, and log-std when ``learn_std``)."""
+
+    def __init__(self, *, in_channels: int, hidden: int, latent: int, learn_std: bool):
+        super().__init__()
+        self.learn_std = learn_std
+        self.cell = ConvLSTMCell(in_channels=in_channels, hidden_channels=hidden)
+        self.head = nn.Conv2d(hidden, latent * (2 if learn_std else 1), 1)
+
+    def forward(self, x: Tensor, state=None) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
+        h, state = self.cell(x, state)
+        out = self.head(h)
+        if not self.learn_std:
+            return out, None, state
+        mean, logstd = out.chunk(2, dim=1)
+        return mean, logstd.clamp(LOGSTD_MIN, LOGSTD_MAX), state
+
+
+class GHVAEModule(nn.Module):
+    """Module k's four sub-networks (``W^k = {enc, dec, prior, post}`` in the paper)."""
+
+    def __init__(self, shape: ModuleShape, *, action_dim: int, res_blocks: int):
+        super().__init__()
+        self.shape = shape
+        self.action_dim = action_dim
+        self.encoder = Encoder(shape, res_blocks)
+        self.decoder = Decoder(shape, res_blocks)
+        self.prior = GaussianConvLSTM(in_channels=shape.channels + action_dim, hidden=shape.lstm,
+                                      latent=shape.latent, learn_std=True)
+        self.posterior = GaussianConvLSTM(in_channels=shape.channels, hidden=shape.lstm,
+                                          latent=shape.latent, learn_std=False)
+
+    def prior_step(self, h: Tensor, action: Tensor | None, state=None):
+        """p(z_{t+1} | h_t, a_t): h [N, C, H, W], action [N, A] (None when action-free) -> mean, logstd, state."""
+        if self.action_dim > 0:
+            if action is None:
+                raise ValueError(f"module {self.shape.index}: this module is action-conditioned and needs actions")
+            tiled = action[:, :, None, None].expand(-1, -1, h.shape[-2], h.shape[-1])  # [N, A, H, W]
+            h = torch.cat([h, tiled.to(h.dtype)], dim=1)
+        return self.prior(h, state)

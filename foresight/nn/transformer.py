@@ -1,0 +1,140 @@
+"""Causal transformer blocks (pre-LayerNorm, GPT style) with scaled-dot-product attention and a K/V cache.
+
+Axis legend::
+
+    B  batch     L  tokens in this call     P  tokens already in the cache     D  width     Hd  heads
+
+``F.scaled_dot_product_attention`` picks the flash / memory-efficient kernels on GPU when the call allows them
+(no explicit mask: ``is_causal=True`` for a full sequence, no mask for one new token with a cache).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["KVCache", "CausalSelfAttention", "TransformerBlock", "CausalTransformer"]
+
+
+class KVCache:
+    """Preallocated per-layer keys and values ``[B, Hd, max_len, D/Hd]``; ``length`` tokens are filled.
+
+    Tensors are allocated on the first write (so their dtype follows autocast). ``repeat_interleave`` copies a
+    cache to ``n`` rows per row: a planner encodes one context once and decodes many candidate action sequences
+    from copies of its cache.
+    """
+
+    def __init__(self, *, num_layers: int, max_len: int):
+        self.num_layers, self.max_len = num_layers, max_len
+        self.keys: list[Tensor | None] = [None] * num_layers
+        self.values: list[Tensor | None] = [None] * num_layers
+        self.length = 0
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v ``[B, Hd, L, Dh]`` at positions ``length .. length+L-1``; return all keys/values so far."""
+        start, n = self.length, k.shape[2]
+        if start + n > self.max_len:
+            raise ValueError(f"KVCache overflow: {start} + {n} tokens > max_len {self.max_len}")
+        if self.keys[layer] is None:
+            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
+            self.keys[layer] = k.new_empty(shape)
+            self.values[layer] = v.new_empty(shape)
+        self.keys[layer][:, :, start:start + n] = k
+        self.values[layer][:, :, start:start + n] = v
+        return self.keys[layer][:, :, :start + n], self.values[layer][:, :, :start + n]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def repeat_interleave(self, n: int) -> "KVCache":
+        out = KVCache(num_layers=self.num_layers, max_len=self.max_len)
+        out.length = self.length
+        out.keys = [None if k is None else k.repeat_interleave(n, dim=0) for k in self.keys]
+        out.values = [None if v is None else v.repeat_interleave(n, dim=0) for v in self.values]
+        return out
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, *, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} must be divisible by heads {heads}")
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, *, cache: KVCache | None = None, layer: int = 0,
+                attn_mask: Tensor | None = None) -> Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # [B, Hd, L, Dh] x3
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.write(layer, k, v)  # [B, Hd, P+L, Dh]
+        drop = self.dropout if self.training else 0.0
+        if attn_mask is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
+        elif past == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1, dropout_p=drop)
+        elif n == 1:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # one new token sees everything cached
+        else:
+            # n new tokens after `past` cached ones: query i sees keys 0 .. past + i.
+            mask = torch.ones(n, past + n, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        out = out.transpose(1, 2).reshape(b, n, d)  # [B, L, D]
+        return self.proj(out)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, *, dim: int, heads: int, dropout: float = 0.0, mlp_ratio: int = 4):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim=dim, heads=heads, dropout=dropout)
+        self.ln2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: Tensor, *, cache: KVCache | None = None, layer: int = 0,
+                attn_mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.ln1(x), cache=cache, layer=layer, attn_mask=attn_mask)
+        return x + self.mlp(self.ln2(x))
+
+
+class CausalTransformer(nn.Module):
+    """A stack of causal blocks and a final LayerNorm: ``[B, L, D] -> [B, L, D]`` hidden states.
+
+    With ``cache`` the L tokens continue the cached sequence and the cache advances by L. ``attn_mask``
+    (bool ``[L, L]``, True = may attend) replaces the causal mask for special read-outs (no cache then).
+    """
+
+    def __init__(self, *, dim: int, layers: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_layers = layers
+        self.blocks = nn.ModuleList(TransformerBlock(dim=dim, heads=heads, dropout=dropout) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
+                # GPT-2: scale residual projections by depth so the residual stream does not grow with layers.
+                nn.init.normal_(p, 0.0, 0.02 / (2 * layers) ** 0.5)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def new_cache(self, max_len: int) -> KVCache:
+        return KVCache(num_layers=self.num_layers, max_len=max_len)
+
+    def forward(self, x: Tensor, *, cache: KVCache | None = None, attn_mask: Tensor | None = None) -> Tensor:
+        if cache is not None and attn_mask is not None:
+            raise ValueError("attn_mask cannot be combined with a KV cache")
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache=cache, layer=i, attn_mask=attn_mask)
+        if cache is not None:
+            cache.advance(x.shape[1])
+        return self.ln_f(x)

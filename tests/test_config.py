@@ -1,0 +1,56 @@
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import pytest
+
+from foresight.config import ConfigError, build_config, from_dict, merge, parse_overrides, preset, to_dict
+
+
+@dataclass
+class Inner:
+    depth: int = 2
+    widths: tuple[int, ...] = (8, 16)
+
+
+@dataclass
+class Outer:
+    lr: float = 1e-3
+    name: str = "run"
+    use_ema: bool = False
+    inner: Inner = field(default_factory=Inner)
+    PRESETS: ClassVar[dict] = {"tiny": {"lr": 0.1, "inner": {"depth": 1}}}
+
+
+def test_overrides_both_syntaxes_and_nesting(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: tiny\nname: from_yaml\ninner:\n  widths: [1, 2, 3]\n")
+    cfg = build_config(Outer, ["--config", str(f), "inner.depth=5", "--use-ema", "--lr", "3e-4"])
+    assert cfg.lr == 3e-4 and cfg.name == "from_yaml" and cfg.use_ema is True
+    assert cfg.inner.depth == 5 and cfg.inner.widths == (1, 2, 3)
+
+
+def test_preset_then_override_order():
+    assert preset(Outer, "tiny").inner.depth == 1
+    assert build_config(Outer, ["--preset", "tiny", "lr=0.5"]).lr == 0.5
+    with pytest.raises(ConfigError, match="no preset 'huge'"):
+        preset(Outer, "huge")
+
+
+def test_type_errors_name_the_field():
+    with pytest.raises(ConfigError, match="lr: expected a float"):
+        merge(Outer(), {"lr": "fast"})
+    with pytest.raises(ConfigError, match=r"inner.depth: expected an int"):
+        merge(Outer(), {"inner.depth": 1.5})
+    with pytest.raises(ConfigError, match="unknown config key 'nope'"):
+        merge(Outer(), {"nope": 1})
+
+
+def test_round_trip_through_dict():
+    cfg = build_config(Outer, ["inner.widths=[4,4]"])
+    assert from_dict(Outer, to_dict(cfg)) == cfg
+
+
+def test_parse_overrides_values():
+    assert parse_overrides(["a=1", "--b", "x", "--c=2.5", "--flag"]) == {"a": 1, "b": "x", "c": 2.5, "flag": True}
+    with pytest.raises(ConfigError):
+        parse_overrides(["positional"])
