@@ -59,8 +59,13 @@ def folder(tmp_path):
 # ---------------------------------------------------------------------------------------------- format
 
 
-@pytest.mark.parametrize("encoding,n_cams,tol", [("mp4", 2, 6.0), ("jpeg", 3, 4.0)])
-def test_round_trip_writer_reader(tmp_path, encoding, n_cams, tol):
+@pytest.mark.parametrize("encoding,n_cams,tol,backend",
+                         [("mp4", 2, 6.0, "ffmpeg"), ("mp4", 2, 6.0, "pyav"), ("jpeg", 3, 4.0, None)])
+def test_round_trip_writer_reader(tmp_path, monkeypatch, encoding, n_cams, tol, backend):
+    if backend == "pyav" and not robonet_io._have_pyav():
+        pytest.skip("PyAV not installed")
+    if backend is not None:
+        monkeypatch.setattr(robonet_io, "_have_pyav", lambda: backend == "pyav")
     path = tmp_path / "traj.hdf5"
     images, states, actions = make_file(path, encoding=encoding, n_cams=n_cams)
     traj = rn.read_trajectory(path, cameras=None)
@@ -142,12 +147,18 @@ def test_steps_is_min_of_state_image_action_plus_one(tmp_path):
     assert traj.images.shape[0] == T - 2 and traj.states.shape[0] == T - 2 and traj.actions.shape[0] == T - 3
 
 
-def test_mp4_decodes_from_bytes_without_bytesio(tmp_path):
+def test_mp4_backends_decode_bytes_identically():
     video = smooth_video(6, 1, 0)[:, 0]
     data = robonet_io.encode_mp4(video)
-    frames = robonet_io.decode_mp4(data)
-    assert frames.shape == video.shape
-    assert robonet_io.decode_mp4(data, max_frames=3).shape[0] == 3
+    frames = robonet_io.decode_mp4(data, backend="ffmpeg")  # temp file + ffmpeg binary, no BytesIO
+    assert frames.shape == video.shape and np.abs(frames.astype(np.float32) - video).mean() < 6
+    assert robonet_io.decode_mp4(data, max_frames=3, backend="ffmpeg").shape[0] == 3
+    if robonet_io._have_pyav():
+        np.testing.assert_array_equal(robonet_io.decode_mp4(data, backend="pyav"), frames)
+        assert robonet_io.decode_mp4(data, max_frames=3, backend="pyav").shape[0] == 3
+    for backend in ("ffmpeg", "pyav") if robonet_io._have_pyav() else ("ffmpeg",):
+        with pytest.raises(ValueError, match="cannot decode MP4"):
+            robonet_io.decode_mp4(data[:40], backend=backend)
     with pytest.raises(ValueError, match="even"):
         robonet_io.encode_mp4(np.zeros((2, 5, 6, 3), np.uint8))
 
@@ -169,7 +180,11 @@ def test_truncated_file_error_names_it_and_index_skips_it(folder):
     assert "sawyer_traj0.hdf5" in index.skipped
 
 
-def test_corrupt_video_stream_error_names_file(folder):
+@pytest.mark.parametrize("backend", ["ffmpeg", "pyav"])
+def test_corrupt_video_stream_error_names_file(folder, monkeypatch, backend):
+    if backend == "pyav" and not robonet_io._have_pyav():
+        pytest.skip("PyAV not installed")
+    monkeypatch.setattr(robonet_io, "_have_pyav", lambda: backend == "pyav")
     path = folder / "widowx_traj1.hdf5"
     with h5py.File(path, "r+") as f:
         ds = f["env/cam0_video/frames"]

@@ -177,9 +177,11 @@ def load_clip(
     actions = harmonise_actions(traj.actions, target_adim=target_adim, states=traj.states,
                                 primitives=meta.get("primitives"), low_bound=meta.get("low_bound"),
                                 high_bound=meta.get("high_bound"), impute_autograsp=impute_autograsp)
-    frames = torch.from_numpy(np.ascontiguousarray(traj.images[:, 0])).permute(0, 3, 1, 2)  # [L,H,W,3]->[L,3,H,W]
+    # numpy (single-threaded) for the layout change and scaling: cheaper than torch ops in loader workers
+    frames = np.ascontiguousarray(traj.images[:, 0].transpose(0, 3, 1, 2), dtype=np.float32)  # [L,H,W,3]->[L,3,H,W]
+    frames *= 1.0 / 255.0
     clip: dict[str, Any] = {
-        "frames": frames.float().div_(255.0),
+        "frames": torch.from_numpy(frames),
         "actions": torch.from_numpy(actions),  # [L-1, A]
         "file": Path(path).name,
         "robot": str(meta.get("robot", "")),

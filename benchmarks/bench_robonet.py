@@ -1,0 +1,106 @@
+"""RoboNet loader throughput on CPU: standard clips per second from RoboNet-layout HDF5 files.
+
+Writes synthetic files at RoboNet's stored resolution (240x320, 31 frames) in both encodings, then times
+`RoboNetClipDataset` (the standard 2 + 10 frame clip) through a torch DataLoader, the metadata index build, and,
+for comparison, the converted episode store served by `foresight.data.ClipLoader`.
+
+    python benchmarks/bench_robonet.py --files 24 --workers 0 2 --out runs/bench/robonet.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from foresight.data import robonet as rn
+
+
+def time_loader(ds, *, batch_size: int, num_workers: int, epochs: int) -> float:
+    """Clips per second over ``epochs`` passes (the first batch of each pass included)."""
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                                         persistent_workers=num_workers > 0)
+    n = 0
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        for batch in loader:
+            n += batch["frames"].shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--files", type=int, default=24)
+    p.add_argument("--steps", type=int, default=31)
+    p.add_argument("--frame-size", type=int, nargs=2, default=(240, 320))
+    p.add_argument("--cams", type=int, default=1)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for encoding in ("mp4", "jpeg"):
+            folder = Path(tmp) / encoding
+            folder.mkdir()
+            t0 = time.perf_counter()
+            rn.write_synthetic_trajectories(folder, args.files, steps=args.steps, frame_size=tuple(args.frame_size),
+                                            num_cams=args.cams, encoding=encoding, seed=0)
+            write_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            index = rn.RoboNetIndex.build(folder, progress=False)
+            index_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            rn.RoboNetIndex.build(folder, progress=False)
+            cached_s = time.perf_counter() - t0
+            mb = sum(p.stat().st_size for p in index.paths) / len(index) / 1e6
+            print(f"[{encoding}] {args.files} files, {mb:.2f} MB each; write {args.files / write_s:.1f} files/s; "
+                  f"index {args.files / index_s:.0f} files/s (cached rebuild {cached_s * 1e3:.1f} ms)")
+            for size in (64, 256):
+                for random_start in (False, True):
+                    ds = rn.RoboNetClipDataset(index=index, image_size=size, random_start=random_start, seed=0)
+                    for w in args.workers:
+                        cps = time_loader(ds, batch_size=args.batch_size, num_workers=w, epochs=args.epochs)
+                        row = {"encoding": encoding, "image_size": size, "random_start": random_start,
+                               "num_workers": w, "clips_per_s": round(cps, 1)}
+                        rows.append(row)
+                        print(f"  {size}x{size} {'random' if random_start else 'first 12'} window, "
+                              f"workers={w}: {cps:.1f} clips/s")
+
+            if encoding == "mp4":  # converted once, then served from memory by the library's ClipLoader
+                from foresight.data import ClipDataset, ClipLoader, EpisodeDataset
+
+                out = Path(tmp) / "episodes"
+                t0 = time.perf_counter()
+                rn.convert_to_episodes(index, out, image_size=64, progress=False)
+                convert_s = time.perf_counter() - t0
+                clips = ClipDataset(EpisodeDataset(out), context=2, future=10)
+                loader = ClipLoader(clips, batch_size=32, shuffle=True)
+                n, t0 = 0, time.perf_counter()
+                for _ in range(5):
+                    for batch in loader:
+                        n += batch["frames"].shape[0]
+                cps = n / (time.perf_counter() - t0)
+                rows.append({"encoding": "converted-episodes", "image_size": 64, "random_start": True,
+                             "num_workers": 0, "clips_per_s": round(cps, 1)})
+                print(f"[converted] {args.files / convert_s:.1f} files/s to convert; ClipLoader 64x64: {cps:.0f} clips/s")
+
+    info = {"machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch_threads": 1, "files": args.files,
+            "steps": args.steps, "frame_size": list(args.frame_size), "cams": args.cams, "results": rows}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(info, indent=1))
+
+
+if __name__ == "__main__":
+    main()

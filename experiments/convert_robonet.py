@@ -1,0 +1,96 @@
+"""Index a folder of RoboNet HDF5 files and convert it into the library's episode store.
+
+After conversion every world model trains on RoboNet exactly as on Meta-World (`foresight.data.ClipDataset`
+over `foresight.data.EpisodeDataset`, 2 context + 10 future frames).
+
+    # the real data (folder of *.hdf5) with the standard 256-file test list
+    python experiments/convert_robonet.py --robonet-dir ~/robonet/hdf5 --out data/robonet64 \
+        --test-list ~/robonet/test_256.txt --image-size 64 --target-adim 4
+
+    # only some robots / the index only
+    python experiments/convert_robonet.py --robonet-dir ~/robonet/hdf5 --robot sawyer --robot widowx --index-only
+
+    # no RoboNet here: write synthetic files in the real layout first (smoke test of the whole path)
+    python experiments/convert_robonet.py --synthetic 32 --robonet-dir data/robonet_synthetic --out data/robonet_syn64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from foresight.data import robonet as rn
+
+
+@dataclass
+class Args:
+    robonet_dir: str = "data/robonet"
+    """folder of RoboNet *.hdf5 files (not recursive)"""
+    out: str = "data/robonet_episodes"
+    """episode dataset to write (resumable: files already converted are skipped)"""
+    test_list: str | None = None
+    """file-name list of the test split (e.g. the common 256-file list); listed files get split='test'"""
+    image_size: int = 64
+    """H = W of the stored frames (64 standard, 256 supported)"""
+    camera: int = 0
+    """camera stream to convert"""
+    target_adim: int = 4
+    """harmonised action width: 4 (x, y, z, theta; 5-D robots cut) or 5 (autograsp gripper imputed)"""
+    robot: list[str] = field(default_factory=list)
+    """keep only these robots (repeat the flag); empty = all"""
+    min_steps: int = 12
+    """drop trajectories shorter than this (the standard clip needs 12)"""
+    workers: int = 4
+    """threads for reading file headers while indexing"""
+    verify_hash: bool = False
+    """re-hash every file while indexing (catches in-place edits that keep size and mtime)"""
+    index_only: bool = False
+    """build/refresh the metadata index, print its summary, convert nothing"""
+    synthetic: int = 0
+    """write this many synthetic RoboNet-layout files into robonet_dir first (0 = off)"""
+
+
+def parse_args() -> Args:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = Args()
+    p.add_argument("--robonet-dir", default=defaults.robonet_dir)
+    p.add_argument("--out", default=defaults.out)
+    p.add_argument("--test-list", default=None)
+    p.add_argument("--image-size", type=int, default=defaults.image_size)
+    p.add_argument("--camera", type=int, default=defaults.camera)
+    p.add_argument("--target-adim", type=int, choices=(4, 5), default=defaults.target_adim)
+    p.add_argument("--robot", action="append", default=[])
+    p.add_argument("--min-steps", type=int, default=defaults.min_steps)
+    p.add_argument("--workers", type=int, default=defaults.workers)
+    p.add_argument("--verify-hash", action="store_true")
+    p.add_argument("--index-only", action="store_true")
+    p.add_argument("--synthetic", type=int, default=0)
+    ns = p.parse_args()
+    return Args(**{k: v for k, v in vars(ns).items()})
+
+
+def main(args: Args) -> dict:
+    if args.synthetic:
+        Path(args.robonet_dir).mkdir(parents=True, exist_ok=True)
+        rn.write_synthetic_trajectories(args.robonet_dir, args.synthetic, robots=("sawyer", "widowx", "franka"),
+                                        progress=True)
+    index = rn.RoboNetIndex.build(args.robonet_dir, num_workers=args.workers, verify_hash=args.verify_hash)
+    print(f"indexed {len(index)} files ({len(index.skipped)} unreadable, skipped): {json.dumps(index.summary())}")
+    index = index.filter(robot=args.robot or None, min_steps=args.min_steps, camera=args.camera)
+    test_files = rn.read_split_file(args.test_list) if args.test_list else []
+    missing = [n for n in test_files if n not in index]
+    if missing:
+        print(f"warning: {len(missing)} test-list files are not in the (filtered) index, e.g. {missing[:5]}")
+    result = {"files": len(index), "test_files": len(test_files) - len(missing)}
+    if not args.index_only:
+        result.update(rn.convert_to_episodes(index, args.out, image_size=args.image_size, camera=args.camera,
+                                             target_adim=args.target_adim, test_files=test_files))
+        print(f"episodes in {args.out}")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())
