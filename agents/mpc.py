@@ -1,0 +1,320 @@
+"""Closed-loop visual MPC toward a goal image, with any `foresight.WorldModel`.
+
+Axis legend::
+
+    N  candidate plans     S  model samples per candidate     C  context frames
+    H  planning horizon    A  action dimension                 T  predicted frames (= H)
+
+Each control step the agent keeps the last C observed frames, and, every ``replan_every`` steps, asks a
+`TrajectoryPlanner` for the action sequence whose imagined future (``model.predict``) is closest to the goal
+under a `Cost`; it executes the first ``replan_every`` actions of that plan, then replans from the new frames
+(warm-started from the old plan, shifted). With ``record=True`` it keeps the imagined video of every chosen plan
+(`PlanRecord`) so evaluation can show it beside what really happened.
+
+    agent = VisualMPC(model, CEM(num_samples=200, iterations=3), horizon=10, action_low=-np.ones(4),
+                      action_high=np.ones(4), cost="pixel")
+    obs, _ = env.reset()
+    agent.reset(goal_image)                     # [3, H, W] float in [0, 1]
+    obs, *_ = env.step(agent.act(obs))          # obs['image'] uint8 [H, W, 3]
+
+The agent works with any env-like object with the gymnasium API whose observations are an image (uint8
+``[H, W, 3]``) or a dict holding one under ``image_key``; `run_episode` is the plain loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from agents.costs import Cost, make_cost
+from agents.optimizers import Optimizer, PlanResult, TrajectoryPlanner
+
+__all__ = ["VisualMPC", "GripperHeuristic", "PlanRecord", "RandomActionAgent", "run_episode", "image_to_tensor"]
+
+
+def image_to_tensor(image: Any, size: int | None = None) -> Tensor:
+    """uint8 ``[H, W, 3]`` (numpy or tensor) or float ``[3, H, W]`` in [0, 1] -> float32 ``[3, size, size]``."""
+    x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image)
+    if x.dtype == torch.uint8:
+        if x.ndim != 3 or x.shape[-1] != 3:
+            raise ValueError(f"image: expected uint8 [H, W, 3], got {list(x.shape)}")
+        x = x.permute(2, 0, 1).float() / 255.0  # [3, H, W]
+    elif x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"image: expected uint8 [H, W, 3] or float [3, H, W], got {list(x.shape)} {x.dtype}")
+    x = x.float()
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        x = x.clamp(0, 1)
+    return x
+
+
+def _to_uint8(frames: Tensor) -> np.ndarray:
+    # [..., 3, H, W] float in [0, 1] -> [..., H, W, 3] uint8
+    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+@dataclass
+class GripperHeuristic:
+    """Scripted gripper (classic visual foresight): close when the hand drops below a height, else open.
+
+    Reads the hand height from ``obs[state_key][state_index]`` and writes ``closed`` / ``open`` into action dim
+    ``action_index``; the planner then searches only over the other action dims. Meta-World: the hand z is
+    state[2]; objects rest at z ~ 0.02-0.05 m.
+    """
+
+    action_index: int = 3
+    state_key: str = "state"
+    state_index: int = 2
+    z_threshold: float = 0.08
+    closed: float = 1.0
+    open: float = -1.0
+
+    def __call__(self, obs: Any) -> float:
+        if not isinstance(obs, dict) or self.state_key not in obs:
+            raise ValueError(f"GripperHeuristic needs observations with a '{self.state_key}' entry")
+        z = float(np.asarray(obs[self.state_key])[self.state_index])
+        return self.closed if z < self.z_threshold else self.open
+
+
+@dataclass
+class PlanRecord:
+    """One planning step: the chosen plan and what the model imagined it would do.
+
+    step: control step at which it was planned. actions: float32 [H, A]. cost: its planning cost.
+    imagined: uint8 [H, h, w, 3] the model's predicted frames for the plan (None if not recorded).
+    evaluations: candidate plans scored. seconds: planning wall time.
+    """
+
+    step: int
+    actions: np.ndarray
+    cost: float
+    evaluations: int
+    seconds: float
+    imagined: np.ndarray | None = None
+    iteration_costs: list[float] = field(default_factory=list)
+
+
+class VisualMPC:
+    """Visual model-predictive control toward a goal image.
+
+    Args:
+        model: any `WorldModel` (learned, baseline or the simulator model).
+        optimizer: an `Optimizer` (RandomShooting, CEM, ICEM, MPPI).
+        horizon: planned steps H (must not exceed what the model predicts well; no hard check).
+        action_low / action_high: ``[A]`` bounds of the env's actions.
+        cost: "pixel", "lpips", "embedding" or a factory ``goal_image [3, H, W] -> Cost``.
+        cost_weighting: "final", "all", "linear" (see `agents.costs.horizon_weights`).
+        action_repeat: plan H/r distinct actions, each held r steps.
+        replan_every: execute this many actions of each plan before replanning (the warm-start shift).
+        num_model_samples: S futures per candidate for stochastic models (the cost averages over them).
+        gripper: optional `GripperHeuristic`; the planner then leaves that action dim alone.
+        record: keep each chosen plan's imagined video (`records`).
+        record_model: model used for the recorded video (default: ``model``); e.g. a simulator model that
+            renders every step while the planning one renders only the frames the cost needs.
+        predict_batch_size: candidates per ``model.predict`` call (bounds memory; None = all at once).
+        before_plan: called before every planning step (e.g. to sync a simulator model to the real env).
+        seed: base seed of the optimiser and model sampling (step t uses seed + t).
+    """
+
+    def __init__(self, model: Any, optimizer: Optimizer, *, horizon: int, action_low: Any, action_high: Any,
+                 cost: str | Callable[[Tensor], Cost] = "pixel", cost_weighting: str = "final",
+                 action_repeat: int = 1, replan_every: int = 1, num_model_samples: int = 1, warm_start: bool = True,
+                 gripper: GripperHeuristic | None = None, record: bool = True, record_model: Any = None,
+                 predict_batch_size: int | None = None, before_plan: Callable[[], None] | None = None,
+                 image_key: str = "image", seed: int = 0):
+        low = torch.as_tensor(np.asarray(action_low), dtype=torch.float32).flatten()
+        high = torch.as_tensor(np.asarray(action_high), dtype=torch.float32).flatten()
+        if model.action_dim not in (0, low.numel()):
+            raise ValueError(f"model.action_dim={model.action_dim} but the action bounds have {low.numel()} dims")
+        if replan_every < 1 or replan_every > horizon:
+            raise ValueError(f"replan_every must be in [1, horizon={horizon}], got {replan_every}")
+        self.model = model
+        self.record_model = model if record_model is None else record_model
+        self.horizon = int(horizon)
+        self.low, self.high = low, high
+        self.gripper = gripper
+        self.planned_dims = [i for i in range(low.numel()) if gripper is None or i != gripper.action_index]
+        self.planner = TrajectoryPlanner(optimizer, horizon=horizon, action_low=low[self.planned_dims],
+                                         action_high=high[self.planned_dims], action_repeat=action_repeat,
+                                         warm_start=warm_start)
+        self.cost_spec = cost
+        self.cost_weighting = cost_weighting
+        self.replan_every = int(replan_every)
+        self.num_model_samples = int(num_model_samples)
+        self.record = bool(record)
+        self.predict_batch_size = predict_batch_size
+        self.before_plan = before_plan
+        self.image_key = image_key
+        self.seed = int(seed)
+        self._lpips = None
+        self.cost: Cost | None = None
+        self.reset_state()
+
+    # ------------------------------------------------------------------ episode state
+    def reset_state(self) -> None:
+        self.context: list[Tensor] = []  # the last C frames, each [3, H, W]
+        self.plan: Tensor | None = None  # [H, A] full actions
+        self.plan_step = 0
+        self.t = 0
+        self.records: list[PlanRecord] = []
+        self.planner.reset()
+
+    def reset(self, goal_image: Any, obs: Any = None) -> None:
+        """Start an episode toward ``goal_image`` (uint8 [H, W, 3] or float [3, H, W]); optionally the first obs."""
+        self.reset_state()
+        goal = image_to_tensor(goal_image, self.model.image_size)
+        self.goal_image = goal
+        self.cost = self._build_cost(goal)
+        if obs is not None:
+            self.observe(obs)
+
+    def _build_cost(self, goal: Tensor) -> Cost:
+        if callable(self.cost_spec) and not isinstance(self.cost_spec, str):
+            return self.cost_spec(goal)
+        if self.cost_spec == "lpips":
+            if self._lpips is None:
+                self._lpips = make_cost("lpips", goal, weighting=self.cost_weighting).lpips
+            return make_cost("lpips", goal, weighting=self.cost_weighting, lpips=self._lpips)
+        return make_cost(self.cost_spec, goal, model=self.model, weighting=self.cost_weighting)
+
+    def _image(self, obs: Any) -> Any:
+        return obs[self.image_key] if isinstance(obs, dict) else obs
+
+    def observe(self, obs: Any) -> None:
+        """Append the frame of ``obs`` to the context (called by `act`; call it yourself to add frames)."""
+        frame = image_to_tensor(self._image(obs), self.model.image_size)
+        self.context.append(frame)
+        self.context = self.context[-max(self.model.context_frames, 1):]
+
+    def context_tensor(self) -> Tensor:
+        """The last C frames ``[C, 3, H, W]``; before C frames were seen, the first one is repeated."""
+        c = max(self.model.context_frames, 1)
+        frames = self.context
+        if len(frames) < c:
+            frames = [frames[0]] * (c - len(frames)) + frames
+        return torch.stack(frames)
+
+    # ------------------------------------------------------------------ planning
+    def _full_actions(self, planned: Tensor, gripper_value: float | None) -> Tensor:
+        # planned [N, H, A'] (dims the planner searches) -> [N, H, A]
+        if self.gripper is None:
+            return planned
+        full = planned.new_empty(*planned.shape[:-1], self.low.numel())
+        full[..., self.planned_dims] = planned
+        full[..., self.gripper.action_index] = gripper_value
+        return full
+
+    def _predict(self, model: Any, context: Tensor, actions: Tensor, embeddings: bool, seed: int) -> Tensor:
+        n = actions.shape[0]
+        ctx = context[None].expand(n, -1, -1, -1, -1)  # [N, C, 3, H, W]
+        fn = model.predict_embeddings if embeddings else model.predict
+        if model.action_dim == 0:
+            return fn(ctx, None, self.num_model_samples, horizon=actions.shape[1], seed=seed)
+        return fn(ctx, actions, self.num_model_samples, seed=seed)
+
+    def objective(self, context: Tensor, gripper_value: float | None, seed: int) -> Callable[[Tensor], Tensor]:
+        """The planning objective ``actions [N, H, A'] -> cost [N]`` from the current context."""
+        embeddings = self.cost.space == "embeddings"
+
+        def f(planned: Tensor) -> Tensor:
+            actions = self._full_actions(planned, gripper_value)
+            bs = self.predict_batch_size or actions.shape[0]
+            costs = []
+            for i in range(0, actions.shape[0], bs):
+                # The same model seed for every chunk: candidates are compared under common random numbers.
+                out = self._predict(self.model, context, actions[i:i + bs], embeddings, seed)
+                costs.append(self.cost(out).float().cpu())
+            return torch.cat(costs)
+
+        return f
+
+    def _replan(self, obs: Any) -> None:
+        if self.before_plan is not None:
+            self.before_plan()
+        gripper_value = None if self.gripper is None else self.gripper(obs)
+        seed = self.seed + self.t
+        context = self.context_tensor().to(self.model.device)
+        t0 = time.perf_counter()
+        res: PlanResult = self.planner.plan(self.objective(context, gripper_value, seed), seed=seed)
+        seconds = time.perf_counter() - t0
+        self.plan = self._full_actions(res.actions[None], gripper_value)[0]  # [H, A]
+        self.plan_step = 0
+        imagined = None
+        if self.record:
+            video = self._predict(self.record_model, context.to(self.record_model.device), self.plan[None],
+                                  False, seed)  # [1, S, H, 3, h, w]
+            imagined = _to_uint8(video[0, 0])
+        self.records.append(PlanRecord(step=self.t, actions=self.plan.numpy().copy(), cost=res.cost,
+                                       evaluations=res.num_evaluations, seconds=seconds, imagined=imagined,
+                                       iteration_costs=list(res.iteration_costs)))
+
+    def act(self, obs: Any) -> np.ndarray:
+        """Observe ``obs`` and return the next action, float32 ``[A]`` inside the bounds."""
+        if self.cost is None:
+            raise RuntimeError("call reset(goal_image) before act()")
+        self.observe(obs)
+        if self.plan is None or self.plan_step >= self.replan_every:
+            if self.plan is not None:
+                self.planner.advance(self.plan_step)
+            self._replan(obs)
+        action = self.plan[self.plan_step].clone()
+        if self.gripper is not None:
+            action[self.gripper.action_index] = self.gripper(obs)
+        self.plan_step += 1
+        self.t += 1
+        return action.clamp(self.low, self.high).numpy().astype(np.float32)
+
+
+class RandomActionAgent:
+    """Uniform random actions in the bounds (the floor every planner must beat)."""
+
+    def __init__(self, *, action_low: Any, action_high: Any, seed: int = 0):
+        self.low = np.asarray(action_low, np.float32)
+        self.high = np.asarray(action_high, np.float32)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.records: list[PlanRecord] = []
+
+    def reset(self, goal_image: Any = None, obs: Any = None) -> None:
+        self.rng = np.random.default_rng(self.seed)
+        self.records = []
+
+    def act(self, obs: Any) -> np.ndarray:
+        return self.rng.uniform(self.low, self.high).astype(np.float32)
+
+
+def run_episode(env: Any, agent: Any, goal_image: Any, *, max_steps: int, reset_kwargs: dict | None = None,
+                image_key: str = "image", progress: bool = False) -> dict[str, Any]:
+    """Run one closed-loop episode with the gymnasium API.
+
+    Returns a dict with ``frames`` uint8 [T+1, H, W, 3] (real), ``actions`` float32 [T, A], ``rewards`` [T],
+    ``success`` [T] (info['success'] if the env reports it, else 0), ``infos`` (last info), ``seconds``.
+    """
+    obs, info = env.reset(**(reset_kwargs or {}))
+    agent.reset(goal_image)
+    image = lambda o: np.asarray(o[image_key] if isinstance(o, dict) else o)  # noqa: E731
+    frames, actions, rewards, success = [image(obs)], [], [], []
+    t0 = time.perf_counter()
+    steps = range(max_steps)
+    if progress:
+        from tqdm import tqdm
+        steps = tqdm(steps, desc="episode", leave=False)
+    for _ in steps:
+        action = agent.act(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        frames.append(image(obs))
+        actions.append(np.asarray(action, np.float32))
+        rewards.append(float(reward))
+        success.append(float(info.get("success", 0.0)) if isinstance(info, dict) else 0.0)
+        if terminated or truncated:
+            break
+    return {"frames": np.stack(frames), "actions": np.stack(actions) if actions else np.zeros((0, 0), np.float32),
+            "rewards": np.asarray(rewards, np.float32), "success": np.asarray(success, np.float32),
+            "info": info, "seconds": time.perf_counter() - t0, "records": list(getattr(agent, "records", []))}

@@ -1,0 +1,156 @@
+"""Closed-loop visual MPC: a toy point-mass env, a perfect toy world model, and foresight's tiny models."""
+
+import numpy as np
+import pytest
+import torch
+
+from agents.mpc import GripperHeuristic, RandomActionAgent, VisualMPC, image_to_tensor, run_episode
+from agents.optimizers import CEM, MPPI, RandomShooting
+from foresight.models.baselines import ConvPredictor, ConvPredictorConfig, CopyLastConfig, CopyLastFrame
+from foresight.world_model import WorldModel
+
+SIZE = 16
+YY, XX = torch.meshgrid(torch.arange(SIZE).float(), torch.arange(SIZE).float(), indexing="ij")
+
+
+def render(pos):
+    """A Gaussian blob at pos [..., 2] (x, y) in pixels -> frames [..., 3, SIZE, SIZE] in [0, 1]."""
+    x, y = pos[..., 0, None, None], pos[..., 1, None, None]
+    img = torch.exp(-((XX - x) ** 2 + (YY - y) ** 2) / (2 * 1.5**2))
+    return img[..., None, :, :].expand(*img.shape[:-2], 3, SIZE, SIZE)
+
+
+class PointEnv:
+    """Gymnasium-style toy: a blob moved by actions (dx, dy) in [-1, 1] pixels; obs {'image', 'state'}."""
+
+    def __init__(self, start=(4.0, 4.0)):
+        self.start = np.asarray(start, np.float32)
+
+    def _obs(self):
+        img = (render(torch.from_numpy(self.pos)) * 255).round().byte().permute(1, 2, 0).numpy()
+        return {"image": img, "state": np.array([*self.pos, 0.0], np.float64)}
+
+    def reset(self, **kw):
+        self.pos = self.start.copy()
+        return self._obs(), {}
+
+    def step(self, action):
+        assert action.shape == (2,) and np.all(np.abs(action) <= 1 + 1e-6)
+        self.pos = np.clip(self.pos + action, 1.5, SIZE - 2.5).astype(np.float32)
+        return self._obs(), 0.0, False, False, {"success": float(np.linalg.norm(self.pos - GOAL) < 1.0)}
+
+
+GOAL = np.array([11.0, 9.0], np.float32)
+
+
+class PointModel(WorldModel):
+    """A perfect model of PointEnv: reads the blob position from the last frame (centroid) and integrates."""
+
+    config_class = CopyLastConfig
+
+    def _predict(self, context_frames, actions, num_samples, generator, horizon):
+        img = context_frames[:, -1, 0]  # [B, H, W]
+        w = img / img.sum((1, 2), keepdim=True)
+        pos = torch.stack([(w * XX).sum((1, 2)), (w * YY).sum((1, 2))], -1)  # [B, 2]
+        traj = (pos[:, None] + actions.cumsum(1)).clamp(1.5, SIZE - 2.5)  # [B, T, 2]
+        return render(traj)[:, None].expand(-1, num_samples, -1, -1, -1, -1).clone()
+
+    def loss(self, batch):
+        raise RuntimeError
+
+
+def point_model():
+    return PointModel(CopyLastConfig(image_size=SIZE, action_dim=2, context_frames=2))
+
+
+def goal_image():
+    return render(torch.from_numpy(GOAL))
+
+
+def final_distance(ep):
+    env_img = torch.from_numpy(ep["frames"][-1]).float()[..., 0] / 255
+    w = env_img / env_img.sum()
+    pos = np.array([float((w * XX).sum()), float((w * YY).sum())])
+    return float(np.linalg.norm(pos - GOAL))
+
+
+@pytest.mark.parametrize("opt", [CEM(num_samples=60, iterations=3), MPPI(num_samples=60, iterations=3)],
+                         ids=["cem", "mppi"])
+def test_mpc_with_perfect_model_reaches_goal_and_beats_random(opt):
+    agent = VisualMPC(point_model(), opt, horizon=5, action_low=-np.ones(2), action_high=np.ones(2),
+                      cost="pixel", cost_weighting="all", seed=0)
+    ep = run_episode(PointEnv(), agent, goal_image(), max_steps=14)
+    assert ep["frames"].shape == (15, SIZE, SIZE, 3) and ep["actions"].shape == (14, 2)
+    assert final_distance(ep) < 1.0 and ep["success"][-1] == 1.0
+    rand = run_episode(PointEnv(), RandomActionAgent(action_low=-np.ones(2), action_high=np.ones(2), seed=0),
+                       goal_image(), max_steps=14)
+    assert final_distance(rand) > 3.0
+    # one plan per step, each with its imagined video [H, h, w, 3]
+    assert len(agent.records) == 14 and agent.records[0].imagined.shape == (5, SIZE, SIZE, 3)
+    assert agent.records[0].evaluations in (180, 181)  # MPPI scores its final mean once more
+
+
+def test_replan_interval_action_repeat_and_warm_start():
+    model = point_model()
+    init_means = []
+
+    class Spy(RandomShooting):
+        def optimize(self, objective, **kw):
+            init_means.append(kw["init_mean"])
+            return super().optimize(objective, **kw)
+
+    agent = VisualMPC(model, Spy(num_samples=30), horizon=6, action_low=-np.ones(2),
+                      action_high=np.ones(2), replan_every=3, action_repeat=2, seed=1)
+    ep = run_episode(PointEnv(), agent, goal_image(), max_steps=7)
+    assert [r.step for r in agent.records] == [0, 3, 6]
+    plan0 = agent.records[0].actions
+    assert np.array_equal(ep["actions"][:3], plan0[:3])  # the first 3 actions of each plan are executed
+    assert np.array_equal(plan0[0], plan0[1]) and np.array_equal(plan0[2], plan0[3])  # held 2 steps each
+    # the second plan starts from the first shifted by the replan interval (3), in distinct-action space
+    p = torch.from_numpy(plan0)
+    shifted = torch.cat([p[3:], p[-1:].expand(3, -1)])  # [6, 2]
+    assert init_means[0] is None
+    assert torch.allclose(init_means[1], shifted.view(3, 2, 2).mean(1))
+
+
+def test_runs_end_to_end_with_tiny_conv_model_and_context_padding():
+    torch.manual_seed(0)
+    cfg = ConvPredictorConfig(**{**ConvPredictorConfig.PRESETS["tiny"], "action_dim": 2, "context_frames": 2})
+    model = ConvPredictor(cfg).eval()
+    agent = VisualMPC(model, CEM(num_samples=16, iterations=2, min_elites=4), horizon=3, action_low=-np.ones(2),
+                      action_high=np.ones(2), cost="embedding", predict_batch_size=5, seed=0)
+    ep = run_episode(PointEnv(), agent, goal_image(), max_steps=4)
+    assert ep["actions"].shape == (4, 2) and np.all(np.abs(ep["actions"]) <= 1)
+    assert agent.context_tensor().shape == (2, 3, SIZE, SIZE)
+    assert agent.records[-1].imagined.shape == (3, SIZE, SIZE, 3)
+    # determinism: the same seed gives the same actions
+    agent2 = VisualMPC(model, CEM(num_samples=16, iterations=2, min_elites=4), horizon=3, action_low=-np.ones(2),
+                       action_high=np.ones(2), cost="embedding", predict_batch_size=5, seed=0)
+    assert np.array_equal(run_episode(PointEnv(), agent2, goal_image(), max_steps=4)["actions"], ep["actions"])
+
+
+def test_copy_last_with_resizing_and_gripper_heuristic():
+    # A 3-d action space whose last dim is scripted; the observation (16 px) is resized to the model's 8 px.
+    model = CopyLastFrame(CopyLastConfig(image_size=8, action_dim=3, context_frames=1))
+    grip = GripperHeuristic(action_index=2, state_index=0, z_threshold=5.0, closed=1.0, open=-1.0)
+    agent = VisualMPC(model, CEM(num_samples=8, iterations=1, min_elites=2), horizon=2,
+                      action_low=-np.ones(3), action_high=np.ones(3), gripper=grip, seed=0)
+    assert agent.planner.action_dim == 2
+    env = PointEnv()
+    obs, _ = env.reset()
+    agent.reset(goal_image())
+    a = agent.act(obs)  # x = 4 < 5: closed
+    assert a.shape == (3,) and a[2] == 1.0 and agent.records[0].actions[:, 2].tolist() == [1.0, 1.0]
+    obs["state"][0] = 8.0
+    assert agent.act(obs)[2] == -1.0
+    with pytest.raises(RuntimeError, match="reset"):
+        VisualMPC(model, CEM(num_samples=8), horizon=2, action_low=-np.ones(3), action_high=np.ones(3)).act(obs)
+
+
+def test_image_to_tensor():
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[..., 0] = 255
+    x = image_to_tensor(img, 8)
+    assert x.shape == (3, 8, 8) and float(x[0].min()) > 0.99 and float(x[1].max()) == 0
+    with pytest.raises(ValueError, match="H, W, 3"):
+        image_to_tensor(np.zeros((3, 16, 16), np.uint8))
