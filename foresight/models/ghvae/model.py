@@ -93,6 +93,9 @@ class GHVAE(WorldModel):
 
     def set_stage(self, stage: str) -> "GHVAE":
         super().set_stage(stage)
+        for p in self.parameters():
+            if not p.requires_grad:
+                p.grad = None  # stale gradients of an earlier stage must not reach an optimizer over all params
         self.train(self.training)  # re-applies eval mode to the frozen modules
         return self
 

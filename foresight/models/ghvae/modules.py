@@ -67,6 +67,10 @@ class Decoder(nn.Module):
               else nn.Conv2d(ch, out_width, 3, padding=1))
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), up, _norm(out_width), nn.SiLU(),
                                  nn.Conv2d(out_width, shape.out_channels, 3, padding=1))
+        if shape.index == 1:
+            # Module 1 emits the pixel residual x_{t+1} - x_t: start from "nothing moves" (copy-last-frame).
+            nn.init.zeros_(self.out[-1].weight)
+            nn.init.zeros_(self.out[-1].bias)
 
     def forward(self, h: Tensor, u: Tensor) -> Tensor:
         x = self.inp(torch.cat([h, u], dim=1))  # [N, C^k, H^k, W^k]
