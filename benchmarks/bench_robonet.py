@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from foresight.data import robonet as rn
+from foresight.data import robonet_io
 
 
 def time_loader(ds, *, batch_size: int, num_workers: int, epochs: int) -> float:
@@ -44,6 +45,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--mp4-backends", nargs="+", default=["pyav", "ffmpeg"], choices=["pyav", "ffmpeg"])
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -66,16 +69,20 @@ def main() -> None:
             mb = sum(p.stat().st_size for p in index.paths) / len(index) / 1e6
             print(f"[{encoding}] {args.files} files, {mb:.2f} MB each; write {args.files / write_s:.1f} files/s; "
                   f"index {args.files / index_s:.0f} files/s (cached rebuild {cached_s * 1e3:.1f} ms)")
-            for size in (64, 256):
-                for random_start in (False, True):
-                    ds = rn.RoboNetClipDataset(index=index, image_size=size, random_start=random_start, seed=0)
-                    for w in args.workers:
-                        cps = time_loader(ds, batch_size=args.batch_size, num_workers=w, epochs=args.epochs)
-                        row = {"encoding": encoding, "image_size": size, "random_start": random_start,
-                               "num_workers": w, "clips_per_s": round(cps, 1)}
-                        rows.append(row)
-                        print(f"  {size}x{size} {'random' if random_start else 'first 12'} window, "
-                              f"workers={w}: {cps:.1f} clips/s")
+            backends = [b for b in args.mp4_backends if b != "pyav" or robonet_io._have_pyav()]
+            for backend in backends if encoding == "mp4" else [None]:
+                if backend is not None:  # forked DataLoader workers inherit the choice
+                    robonet_io._have_pyav = (lambda use: (lambda: use))(backend == "pyav")
+                for size in args.sizes:
+                    for random_start in (False, True):
+                        ds = rn.RoboNetClipDataset(index=index, image_size=size, random_start=random_start, seed=0)
+                        for w in args.workers:
+                            cps = time_loader(ds, batch_size=args.batch_size, num_workers=w, epochs=args.epochs)
+                            rows.append({"encoding": encoding, "mp4_backend": backend, "image_size": size,
+                                         "random_start": random_start, "num_workers": w,
+                                         "clips_per_s": round(cps, 1)})
+                            print(f"  {backend or ''} {size}x{size} {'random' if random_start else 'first 12'} "
+                                  f"window, workers={w}: {cps:.1f} clips/s")
 
             if encoding == "mp4":  # converted once, then served from memory by the library's ClipLoader
                 from foresight.data import ClipDataset, ClipLoader, EpisodeDataset

@@ -362,3 +362,26 @@ def test_convert_to_library_episodes_and_clip_dataset(folder, tmp_path_factory):
     clips = ClipDataset(train, context=2, future=10)
     batch = clips.get_batch([0, 1])
     assert batch["frames"].shape == (2, 12, 3, 32, 32) and batch["actions"].shape == (2, 11, 5)
+
+
+def test_convert_script_on_synthetic_files(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from foresight.data.episodes import EpisodeDataset
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "convert_robonet.py"
+    spec = importlib.util.spec_from_file_location("convert_robonet", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    split = tmp_path / "test.txt"
+    split.write_text("sawyer_traj0.hdf5\n")
+    args = mod.Args(robonet_dir=str(tmp_path / "raw"), out=str(tmp_path / "eps"), synthetic=3, image_size=16,
+                    test_list=str(split), target_adim=5, workers=1)
+    result = mod.main(args)
+    assert result["written"] == 3 and result["test_files"] == 1
+    test = EpisodeDataset(tmp_path / "eps", split="test")
+    assert len(test) == 1 and test[0]["frames"].shape == (30, 16, 16, 3) and test[0]["actions"].shape == (29, 5)
+    # synthetic widowx files record 5-D actions whose gripper entry is the next gripper state
+    widowx = rn.read_trajectory(tmp_path / "raw" / "widowx_traj1.hdf5")
+    np.testing.assert_array_equal(widowx.actions[:, 4], widowx.states[1:, 4])
