@@ -139,6 +139,8 @@ def test_cached_features_equal_recomputed(clips):
     torch.manual_seed(3)
     loss_plain, _ = model.loss(plain)
     torch.testing.assert_close(loss_cached, loss_plain, rtol=1e-5, atol=1e-6)
+    # Overlapping windows share frames: each distinct frame is stored once.
+    assert cached.features["h1"].shape[0] == len(np.unique(cached.index.numpy())) < len(clips) * 5
     # Single items (what a DataLoader fetches) carry the features too.
     item = cached[1]
     torch.testing.assert_close(item["h2"], batch["h2"][1])
@@ -148,6 +150,17 @@ def test_cached_features_equal_recomputed(clips):
     h16 = half.stage_dataset(clips, "module3").features["h2"]
     assert h16.dtype == torch.float16
     torch.testing.assert_close(h16.float(), cached.features["h2"], rtol=1e-2, atol=1e-2)
+
+
+def test_cache_of_a_plain_sequence_dataset(clips):
+    model = make_model(cache_dtype="float32").set_stage("module2")
+    items = [clips.get_batch([i], augment=False) for i in range(3)]
+    items = [{k: v[0] for k, v in item.items()} for item in items]  # a list of clip dicts
+    cached = model.stage_dataset(items)
+    assert cached.index.shape == (3, 5) and cached.features["h1"].shape[0] == 15
+    batch = cached.get_batch([2, 0])
+    expected = model.encode(torch.stack([items[2]["frames"], items[0]["frames"]]).flatten(0, 1), 1)[0]
+    torch.testing.assert_close(batch["h1"].flatten(0, 1), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_cached_features_with_wrong_shape_are_rejected(clips):

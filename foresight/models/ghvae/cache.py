@@ -2,9 +2,14 @@
 
 In phase k the frozen encoders 1..k-1 map every frame of every clip to h^1..h^{k-1}; those never change during
 the phase, so `GHVAE.stage_dataset` computes them once and `FeatureCacheDataset` serves them next to the clips
-under the keys ``"h1" .. "h{k-1}"`` (each ``[T, C^j, H^j, W^j]`` per clip, ``[B, T, ...]`` per batch), and
-`GHVAE.loss` reads them instead of running those encoders. The cache lives in memory (``cache_dtype`` halves it);
-clips are served without augmentation, because the features were computed on un-augmented frames.
+under the keys ``"h1" .. "h{k-1}"`` (``[T, C^j, H^j, W^j]`` per clip, ``[B, T, ...]`` per batch), and
+`GHVAE.loss` reads them instead of running those encoders.
+
+Storage is per *frame*: ``features[name]`` is ``[M, C, H, W]`` and ``index [num_clips, T]`` says which rows make
+up each clip. For a `ClipDataset` (overlapping windows over one frame array) each distinct frame is encoded and
+stored once, which is ``T / window_step`` times smaller than a per-clip cache; for any other dataset every clip
+gets its own T rows. The cache lives in memory (``cache_dtype`` float16 halves it). Clips are served without
+augmentation, because the features were computed on un-augmented frames.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["FeatureCacheDataset", "gather_clips"]
+__all__ = ["FeatureCacheDataset", "gather_clips", "clip_frame_index"]
 
 
 def gather_clips(dataset: Any, indices: Sequence[int]) -> dict[str, Any]:
@@ -31,30 +36,49 @@ def gather_clips(dataset: Any, indices: Sequence[int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in items[0]:
         values = [item[key] for item in items]
-        out[key] = torch.stack([torch.as_tensor(v) for v in values]) if isinstance(values[0], (Tensor, np.ndarray, int, float)) else values
+        if isinstance(values[0], (Tensor, np.ndarray, int, float)):
+            out[key] = torch.stack([torch.as_tensor(v) for v in values])
+        else:
+            out[key] = values
     return out
 
 
+def clip_frame_index(dataset: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """For a dataset of windows over one frame array (a `ClipDataset`: ``frames [N, H, W, 3]``, ``starts``,
+    ``stride``, ``clip_length``): (distinct frame ids used ``[M]``, per-clip rows into them ``[num_clips, T]``).
+    None for other datasets."""
+    starts = getattr(dataset, "starts", None)
+    frames = getattr(dataset, "frames", None)
+    if starts is None or frames is None or not hasattr(dataset, "clip_length"):
+        return None
+    stride = int(getattr(dataset, "stride", 1))
+    fidx = np.asarray(starts, np.int64)[:, None] + np.arange(dataset.clip_length, dtype=np.int64)[None] * stride
+    used, rows = np.unique(fidx, return_inverse=True)
+    return used, rows.reshape(fidx.shape)
+
+
 class FeatureCacheDataset(torch.utils.data.Dataset):
-    """A clip dataset plus per-clip cached features (``features[name]`` is ``[len(base), T, C, H, W]``).
+    """A clip dataset plus cached per-frame features: ``features[name] [M, C, H, W]``, ``index [len, T]``.
 
     Indexes like the base dataset (``ds[i]`` -> dict, ``ds.get_batch(indices)`` -> batch dict) and forwards
     any other attribute (``image_size``, ``action_dim``, ``set_epoch``...) to it.
     """
 
-    def __init__(self, base: Any, features: dict[str, Tensor]):
-        n = len(base)
+    def __init__(self, base: Any, features: dict[str, Tensor], index: Tensor):
+        if index.ndim != 2 or index.shape[0] != len(base):
+            raise ValueError(f"index: expected [{len(base)}, T], got {list(index.shape)}")
         for name, value in features.items():
-            if value.shape[0] != n:
-                raise ValueError(f"feature {name!r}: expected {n} clips on axis 0, got {list(value.shape)}")
+            if value.shape[0] <= int(index.max()):
+                raise ValueError(f"feature {name!r} has {value.shape[0]} rows, index needs {int(index.max()) + 1}")
         self.base = base
         self.features = features
+        self.index = index.long()
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("base", "features"):  # not set yet (e.g. during unpickling): avoid recursion
+        if name in ("base", "features", "index"):  # not set yet (e.g. during unpickling): avoid recursion
             raise AttributeError(name)
         return getattr(self.base, name)
 
@@ -65,8 +89,9 @@ class FeatureCacheDataset(torch.utils.data.Dataset):
     def get_batch(self, indices: Sequence[int], *, rng: Any = None, augment: bool = True) -> dict[str, Any]:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         batch = dict(gather_clips(self.base, idx.numpy()))
+        rows = self.index[idx]  # [B, T]
         for name, value in self.features.items():
-            batch[name] = value[idx]  # [B, T, C, H, W] in the cache dtype; loss casts to float32
+            batch[name] = value[rows]  # [B, T, C, H, W] in the cache dtype; loss casts to float32
         return batch
 
     def nbytes(self) -> int:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from foresight.registry import register_model
 from foresight.world_model import WorldModel
 
-from .cache import FeatureCacheDataset, gather_clips
+from .cache import FeatureCacheDataset, clip_frame_index, gather_clips
 from .config import GHVAEConfig, module_shapes
 from .modules import GHVAEModule
 
@@ -210,26 +210,37 @@ class GHVAE(WorldModel):
         return loss, metrics
 
     @torch.no_grad()
-    def cache_features(self, dataset: Any, levels: int, *, batch_size: int = 32) -> dict[str, Tensor]:
-        """Encoder outputs h^1..h^levels of every clip of ``dataset`` (un-augmented), in ``cache_dtype`` on CPU:
-        ``{"h1": [len, T, C^1, H^1, W^1], ...}``."""
+    def cache_features(self, dataset: Any, levels: int, *, batch_size: int = 64) -> FeatureCacheDataset:
+        """``dataset`` plus the encoder outputs h^1..h^levels of its frames (un-augmented), computed once in
+        eval mode and stored in ``cache_dtype`` on CPU (see `FeatureCacheDataset`)."""
         dtype = _DTYPES[self.config.cache_dtype]
+        chunks: dict[str, list[Tensor]] = {f"h{j}": [] for j in range(1, levels + 1)}
+        shared = clip_frame_index(dataset)
         was_training = self.training
         self.eval()
-        chunks: dict[str, list[Tensor]] = {f"h{j}": [] for j in range(1, levels + 1)}
         try:
-            order = np.arange(len(dataset))
-            for start in tqdm(range(0, len(order), batch_size), desc=f"ghvae cache h1..h{levels}", leave=False):
-                frames = gather_clips(dataset, order[start:start + batch_size])["frames"]
-                if frames.dtype == torch.uint8:
-                    frames = frames.float() / 255.0
-                frames = frames.to(self.device)
-                b, t = frames.shape[:2]
-                for j, h in enumerate(self.encode(frames.flatten(0, 1), levels), start=1):
-                    chunks[f"h{j}"].append(h.view(b, t, *h.shape[1:]).to("cpu", dtype))
+            if shared is not None:  # a ClipDataset: encode each distinct frame once
+                used, index = shared
+                source = dataset.frames  # [N, H, W, 3] uint8
+                for start in tqdm(range(0, len(used), batch_size), desc=f"ghvae cache h1..h{levels}", leave=False):
+                    raw = torch.as_tensor(np.asarray(source[used[start:start + batch_size]]))
+                    frames = raw.permute(0, 3, 1, 2).to(self.device, torch.float32) / 255.0  # [n, 3, H, W]
+                    for j, h in enumerate(self.encode(frames, levels), start=1):
+                        chunks[f"h{j}"].append(h.to("cpu", dtype))
+            else:  # any clip dataset: every clip gets its own T rows
+                order, t = np.arange(len(dataset)), None
+                for start in tqdm(range(0, len(order), batch_size), desc=f"ghvae cache h1..h{levels}", leave=False):
+                    frames = gather_clips(dataset, order[start:start + batch_size])["frames"]
+                    if frames.dtype == torch.uint8:
+                        frames = frames.float() / 255.0
+                    t = frames.shape[1]
+                    for j, h in enumerate(self.encode(frames.to(self.device).flatten(0, 1), levels), start=1):
+                        chunks[f"h{j}"].append(h.to("cpu", dtype))  # [b*T, C, H, W]
+                index = np.arange(len(order) * t).reshape(len(order), t)
         finally:
             self.train(was_training)
-        return {name: torch.cat(parts) for name, parts in chunks.items()}
+        features = {name: torch.cat(parts) for name, parts in chunks.items()}
+        return FeatureCacheDataset(dataset, features, torch.as_tensor(index))
 
     def stage_dataset(self, dataset: Any, stage: str | None = None) -> Any:
         """For ``module{k}`` with k > 1: the clips plus cached h^1..h^{k-1} of the frozen modules."""
@@ -240,7 +251,7 @@ class GHVAE(WorldModel):
             return dataset
         if isinstance(dataset, FeatureCacheDataset):
             dataset = dataset.base
-        return FeatureCacheDataset(dataset, self.cache_features(dataset, int(stage[len("module"):]) - 1))
+        return self.cache_features(dataset, int(stage[len("module"):]) - 1)
 
     # ------------------------------------------------------------------ inference
     def _predict(self, context_frames, actions, num_samples, generator, horizon):
