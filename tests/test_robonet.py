@@ -366,6 +366,7 @@ def test_convert_to_library_episodes_and_clip_dataset(folder, tmp_path_factory):
 
 def test_convert_script_on_synthetic_files(tmp_path):
     import importlib.util
+    import sys
     from pathlib import Path
 
     from foresight.data.episodes import EpisodeDataset
@@ -373,6 +374,7 @@ def test_convert_script_on_synthetic_files(tmp_path):
     script = Path(__file__).resolve().parents[1] / "experiments" / "convert_robonet.py"
     spec = importlib.util.spec_from_file_location("convert_robonet", script)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["convert_robonet"] = mod  # dataclasses look their module up while the class is built
     spec.loader.exec_module(mod)
     split = tmp_path / "test.txt"
     split.write_text("sawyer_traj0.hdf5\n")
