@@ -384,6 +384,7 @@ def write_synthetic_trajectories(
     frame_size: tuple[int, int] = (48, 64),
     num_cams: int = 1,
     encoding: str = "mp4",
+    noise: float = 3.0,
     seed: int = 0,
     progress: bool = False,
 ) -> list[Path]:
@@ -391,7 +392,8 @@ def write_synthetic_trajectories(
 
     Files are named ``{robot}_traj{i}.hdf5``; actions are the blob's displacement (so an action-conditioned
     model can learn them), the gripper state toggles, robots cycle through ``robots`` with RoboNet's action
-    widths (4-D autograsp or 5-D). Returns the paths.
+    widths (4-D autograsp or 5-D). ``noise`` is the std of per-pixel camera noise (grey levels). Returns the
+    paths.
     """
     folder = Path(folder)
     rng = np.random.default_rng(seed)
@@ -409,14 +411,17 @@ def write_synthetic_trajectories(
         actions[:, :2] = np.diff(pos, axis=0)
         if adim == 5:
             actions[:, 4] = gripper[1:]
-        background = rng.uniform(40, 120, size=3)
+        # textured table + camera noise, so that codecs see realistic (not trivially compressible) frames
+        background = rng.uniform(40, 120, size=3) + 25 * np.sin(xx[..., None] / rng.uniform(3, 9, 3)
+                                                                 + yy[..., None] / rng.uniform(3, 9, 3))
         images = np.empty((steps, num_cams, h, w, 3), np.uint8)
         for t in range(steps):
             for c in range(num_cams):
                 cy, cx = pos[t, 0] * h, (pos[t, 1] if c == 0 else 1 - pos[t, 1]) * w
                 blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.08 * h) ** 2))
                 colour = (200.0, 60.0, 40.0) if gripper[t] > 0 else (40.0, 200.0, 60.0)
-                images[t, c] = np.clip(background + blob[..., None] * (np.array(colour) - background), 0, 255)
+                frame = background + blob[..., None] * (np.array(colour) - background)
+                images[t, c] = np.clip(frame + rng.normal(0, noise, frame.shape), 0, 255)
         path = folder / f"{robot}_traj{i}.hdf5"
         write_trajectory(path, images=images, states=states, actions=actions, encoding=encoding,
                          metadata=default_metadata(robot=robot, primitives=primitives,
