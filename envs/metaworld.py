@@ -34,6 +34,7 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported anywhere
 
+import atexit
 import copy
 import pickle
 import warnings
@@ -53,6 +54,7 @@ from metaworld.policies import ENV_POLICY_MAP
 
 __all__ = [
     "MT50_TASKS",
+    "MT10_TASKS",
     "CameraConfig",
     "DEFAULT_CAMERA",
     "MetaWorldImageEnv",
@@ -68,6 +70,10 @@ __all__ = [
 warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
 
 MT50_TASKS: tuple[str, ...] = tuple(sorted(ALL_V3_ENVIRONMENTS))  # the 50 v3 task names, alphabetical
+# Meta-World's MT10 subset: a diverse 10-task set for small datasets and quick experiments.
+MT10_TASKS: tuple[str, ...] = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
+                               "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3",
+                               "window-open-v3", "window-close-v3")
 STATE_DIM = 39  # hand xyz, gripper opening, 2 objects (pos+quat, padded), the same for the previous step, goal
 ACTION_DIM = 4  # dx, dy, dz of the hand (x 1/100 m, clipped to [-1, 1]), gripper effort
 _STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
@@ -116,8 +122,21 @@ def apply_camera(model: mujoco.MjModel, camera: CameraConfig) -> int:
     return cid
 
 
+_RENDERERS: "weakref.WeakSet[mujoco.Renderer]" = weakref.WeakSet()
+_ATEXIT_REGISTERED = False
+
+
+def _close_renderers() -> None:
+    for r in list(_RENDERERS):
+        try:
+            r.close()
+        except Exception:  # the GL display may already be gone; nothing left to free
+            pass
+
+
 def make_renderer(model: mujoco.MjModel, image_size: int) -> mujoco.Renderer:
     """The one place where render settings are chosen: every frame of the project goes through this."""
+    global _ATEXIT_REGISTERED
     model.vis.quality.offsamples = 0  # multisampling off (must be set before the GL context exists)
     model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), image_size)
     model.vis.global_.offheight = max(int(model.vis.global_.offheight), image_size)
@@ -125,6 +144,12 @@ def make_renderer(model: mujoco.MjModel, image_size: int) -> mujoco.Renderer:
     for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                  mujoco.mjtRndFlag.mjRND_SKYBOX):
         renderer.scene.flags[flag] = 0
+    _RENDERERS.add(renderer)
+    if not _ATEXIT_REGISTERED:
+        # mujoco registers eglTerminate at exit when the first context is made; atexit runs last-in first-out,
+        # so this hook (registered after it) closes our contexts while EGL is still alive.
+        atexit.register(_close_renderers)
+        _ATEXIT_REGISTERED = True
     return renderer
 
 
@@ -178,8 +203,6 @@ class MetaWorldImageEnv(gym.Env):
         self._env.max_path_length = self.max_steps
         self._cam_id = apply_camera(self._env.model, self.camera)
         self._renderer = make_renderer(self._env.model, self.image_size)
-        # Close the GL context before interpreter shutdown tears EGL down (avoids errors at exit).
-        self._finalizer = weakref.finalize(self, self._renderer.close)
         self.observation_space = spaces.Dict({
             "image": spaces.Box(0, 255, (self.image_size, self.image_size, 3), dtype=np.uint8),
             "state": spaces.Box(-np.inf, np.inf, (STATE_DIM,), dtype=np.float64),
@@ -246,7 +269,10 @@ class MetaWorldImageEnv(gym.Env):
         return self._image.copy()
 
     def close(self) -> None:
-        self._finalizer()
+        try:
+            self._renderer.close()
+        except Exception:
+            pass
         self._env.close()
 
     # -------------------------------------------------------------------------------------- helpers

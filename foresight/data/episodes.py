@@ -271,7 +271,8 @@ class EpisodeWriter:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         old = read_meta(self.root)
-        new = {"format_version": FORMAT_VERSION, **(meta or {})}
+        # JSON round trip so tuples compare equal to the lists read back from disk
+        new = json.loads(json.dumps({"format_version": FORMAT_VERSION, **(meta or {})}))
         if old:
             clash = {k: (old[k], v) for k, v in new.items() if k in old and old[k] != v}
             if clash:

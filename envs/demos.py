@@ -1,0 +1,271 @@
+"""Scripted-expert demonstrations for MT50, collected in parallel into a `foresight.data.episodes` dataset.
+
+Protocol (fixed and documented so datasets are comparable):
+
+* Task variation ``v`` of a task (v = 0, 1, 2, ...) is `MetaWorldImageEnv` variation_seed ``v``; demo v of every
+  task comes from its own variation.
+* Split: variation v is held out for test iff ``v % 10 == 9`` (9, 19, 29, 39, 49): 10% per task, independent of
+  how many demos are collected, so a resumed or enlarged collection never moves an episode between splits.
+* An episode starts at reset and ends ``success_tail`` (K = 10) steps after the first step whose
+  ``info['success']`` is 1, or after ``max_steps`` (500) steps. A demo that never succeeds is not stored; it is
+  recorded in the manifest as a failure (counted in the summary, not retried on resume).
+* Stored per episode: frames uint8 [T, H, W, 3] (T = first success frame + K + 1), actions float32 [T-1, 4]
+  (the clipped actions actually applied), states float32 [T, 39], rewards [T-1], success bool [T]; the manifest
+  holds task, variation, split and ``extra`` = {variation_seed, steps, seconds}.
+
+Workers are started with the 'forkserver' context (forking a process that has rendered deadlocks Mesa) and
+create their envs lazily; each writes its episode file atomically and the parent appends the manifest line.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import multiprocessing as mp
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from foresight.data.episodes import EpisodeRecord, EpisodeWriter, save_episode
+
+__all__ = ["SUCCESS_TAIL", "TEST_EVERY", "split_of", "rollout_expert", "collect_demos", "format_summary"]
+
+SUCCESS_TAIL = 10  # steps kept after the first success (HARP clips need 12 frames; every kept demo has >= 12)
+TEST_EVERY = 10  # variation v is a test episode iff v % TEST_EVERY == TEST_EVERY - 1
+
+
+def split_of(variation: int) -> str:
+    """'test' for variations 9, 19, 29, ... (10% per task), else 'train'."""
+    return "test" if int(variation) % TEST_EVERY == TEST_EVERY - 1 else "train"
+
+
+def rollout_expert(env: Any, policy: Any, *, success_tail: int = SUCCESS_TAIL,
+                   record_sim_states: bool = False) -> tuple[dict[str, np.ndarray], int | None]:
+    """Run ``policy`` in ``env`` from reset; return (episode dict, first success frame index or None).
+
+    The episode stops ``success_tail`` steps after the first success or when the env truncates.
+    """
+    obs, _ = env.reset()
+    frames, states, actions, rewards, success = [obs["image"]], [obs["state"]], [], [], [False]
+    sims = [env.get_sim_state()["physics"]] if record_sim_states else None
+    first: int | None = None
+    while True:
+        action = policy(obs["state"])
+        obs, reward, terminated, truncated, info = env.step(action)
+        frames.append(obs["image"])
+        states.append(obs["state"])
+        actions.append(np.clip(action, -1.0, 1.0))
+        rewards.append(reward)
+        success.append(bool(info["success"]))
+        if sims is not None:
+            sims.append(env.get_sim_state()["physics"])
+        t = len(frames) - 1  # index of the frame just produced
+        if first is None and success[-1]:
+            first = t
+        if (first is not None and t - first >= success_tail) or terminated or truncated:
+            break
+    episode = {
+        "frames": np.stack(frames).astype(np.uint8),  # [T, H, W, 3]
+        "actions": np.stack(actions).astype(np.float32),  # [T-1, 4]
+        "states": np.stack(states).astype(np.float32),  # [T, 39]
+        "rewards": np.asarray(rewards, np.float32),  # [T-1]
+        "success": np.asarray(success, bool),  # [T]
+    }
+    if sims is not None:
+        episode["sim_states"] = np.stack(sims)  # [T, n] float64
+    return episode, first
+
+
+# --------------------------------------------------------------------------------------------- workers
+
+
+@dataclass(frozen=True)
+class _Job:
+    task: str
+    variation: int
+
+
+@dataclass
+class _WorkerConfig:
+    root: str
+    image_size: int
+    camera: Any
+    max_steps: int
+    success_tail: int
+    record_sim_states: bool
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(cfg: _WorkerConfig) -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("LP_NUM_THREADS", "1")  # one llvmpipe thread per worker: workers already fill the cores
+    _WORKER.clear()
+    _WORKER.update(cfg=cfg, env=None, task=None)
+
+
+def _run_job(job: _Job) -> tuple[EpisodeRecord, float]:
+    from envs.metaworld import expert_policy, make_env  # imported in the worker, after MUJOCO_GL is set
+
+    cfg: _WorkerConfig = _WORKER["cfg"]
+    t0 = time.perf_counter()
+    if _WORKER["task"] != job.task:  # one env per worker at a time: jobs arrive grouped by task
+        if _WORKER["env"] is not None:
+            _WORKER["env"].close()
+        _WORKER["env"] = make_env(job.task, image_size=cfg.image_size, camera=cfg.camera,
+                                  variation_seed=job.variation, max_steps=cfg.max_steps)
+        _WORKER["policy"] = expert_policy(job.task)
+        _WORKER["task"] = job.task
+    env = _WORKER["env"]
+    env.set_variation(job.variation)
+    episode, first = rollout_expert(env, _WORKER["policy"], success_tail=cfg.success_tail,
+                                    record_sim_states=cfg.record_sim_states)
+    seconds = time.perf_counter() - t0
+    extra = {"variation_seed": job.variation, "steps": int(len(episode["actions"])), "seconds": round(seconds, 3)}
+    split = split_of(job.variation)
+    if first is None:
+        rec = EpisodeRecord(task=job.task, variation=job.variation, split=split, status="failed",
+                            length=len(episode["frames"]), extra=extra)
+    else:
+        rec = save_episode(cfg.root, episode, task=job.task, variation=job.variation, split=split, extra=extra)
+    return rec, seconds
+
+
+# --------------------------------------------------------------------------------------------- driver
+
+
+@dataclass
+class CollectSummary:
+    root: str
+    per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
+    new_episodes: int = 0
+    new_failures: int = 0
+    skipped: int = 0
+    wall_seconds: float = 0.0
+    worker_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _per_task(records: Iterable[EpisodeRecord]) -> dict[str, dict[str, Any]]:
+    out: dict[str, Counter] = defaultdict(Counter)
+    lengths: dict[str, list[int]] = defaultdict(list)
+    for r in records:
+        c = out[r.task]
+        if r.status == "ok":
+            c[r.split] += 1
+            lengths[r.task].append(r.length)
+        else:
+            c["failed"] += 1
+    table = {}
+    for task in sorted(out):
+        c = out[task]
+        ok = c["train"] + c["test"]
+        n = ok + c["failed"]
+        table[task] = {"train": c["train"], "test": c["test"], "failed": c["failed"],
+                       "success_rate": ok / n if n else 0.0,
+                       "mean_length": float(np.mean(lengths[task])) if lengths[task] else 0.0}
+    return table
+
+
+def format_summary(summary: CollectSummary) -> str:
+    """A per-task table: episodes per split, failures, expert success rate, mean episode length (frames)."""
+    rows = [f"{'task':32s} {'train':>5s} {'test':>5s} {'fail':>5s} {'succ%':>6s} {'len':>6s}"]
+    tot = Counter()
+    for task, r in summary.per_task.items():
+        rows.append(f"{task:32s} {r['train']:5d} {r['test']:5d} {r['failed']:5d} "
+                    f"{100 * r['success_rate']:6.1f} {r['mean_length']:6.1f}")
+        tot.update(train=r["train"], test=r["test"], failed=r["failed"], perfect=int(r["failed"] == 0))
+    rows.append(f"{'total':32s} {tot['train']:5d} {tot['test']:5d} {tot['failed']:5d}   "
+                f"tasks at 100%: {tot['perfect']}/{len(summary.per_task)}")
+    rows.append(f"new episodes {summary.new_episodes}, new failures {summary.new_failures}, "
+                f"skipped (already done) {summary.skipped}, wall {summary.wall_seconds:.1f} s, "
+                f"worker time {summary.worker_seconds:.1f} s")
+    return "\n".join(rows)
+
+
+def collect_demos(
+    root: str | os.PathLike,
+    *,
+    tasks: Sequence[str] | None = None,
+    demos_per_task: int = 50,
+    image_size: int = 64,
+    camera: Any = None,
+    workers: int = 2,
+    max_steps: int = 500,
+    success_tail: int = SUCCESS_TAIL,
+    record_sim_states: bool = False,
+    start_method: str = "forkserver",
+    progress: bool = True,
+    max_jobs: int | None = None,
+) -> CollectSummary:
+    """Collect (or resume collecting) expert demos for ``tasks`` x variations 0..demos_per_task-1 into ``root``.
+
+    Resumable: (task, variation) pairs already in the manifest, successful or failed, are skipped. ``max_jobs``
+    stops after that many new episodes (for tests and benchmarks). ``workers=0`` runs in this process.
+    Returns a summary over everything in the dataset for the requested tasks.
+    """
+    from envs.metaworld import DEFAULT_CAMERA, MT50_TASKS, _as_camera
+
+    tasks = list(tasks) if tasks is not None else list(MT50_TASKS)
+    unknown = [t for t in tasks if t not in MT50_TASKS]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; expected names from MT50_TASKS")
+    cam = _as_camera(camera if camera is not None else DEFAULT_CAMERA)
+    meta = {"image_size": int(image_size), "camera": asdict(cam), "max_steps": int(max_steps),
+            "success_tail": int(success_tail), "split_rule": f"test iff variation % {TEST_EVERY} == "
+            f"{TEST_EVERY - 1}", "source": "metaworld v3 scripted policies", "action_dim": 4, "state_dim": 39}
+    writer = EpisodeWriter(root, meta=meta)
+    done = writer.done_keys()
+    jobs = [_Job(t, v) for t in tasks for v in range(demos_per_task) if (t, v) not in done]
+    skipped = len(tasks) * demos_per_task - len(jobs)
+    if max_jobs is not None:
+        jobs = jobs[:max_jobs]
+    cfg = _WorkerConfig(root=str(Path(root)), image_size=int(image_size), camera=cam, max_steps=int(max_steps),
+                        success_tail=int(success_tail), record_sim_states=record_sim_states)
+    summary = CollectSummary(root=str(root), skipped=skipped)
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(jobs), desc="demos", unit="ep", dynamic_ncols=True)
+
+    def handle(rec: EpisodeRecord, seconds: float) -> None:
+        writer.append(rec)
+        summary.worker_seconds += seconds
+        if rec.status == "ok":
+            summary.new_episodes += 1
+        else:
+            summary.new_failures += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(task=rec.task, ok=summary.new_episodes, failed=summary.new_failures, refresh=False)
+
+    try:
+        if workers <= 0 or len(jobs) == 0:
+            _worker_init(cfg)
+            for job in jobs:
+                handle(*_run_job(job))
+            if _WORKER.get("env") is not None:
+                _WORKER["env"].close()
+                _WORKER.clear()
+        else:
+            ctx = mp.get_context(start_method)
+            with ctx.Pool(processes=workers, initializer=_worker_init, initargs=(cfg,)) as pool:
+                # chunksize 1 keeps the per-task grouping mostly intact per worker and the progress bar honest
+                for rec, seconds in pool.imap_unordered(_run_job, jobs, chunksize=1):
+                    handle(rec, seconds)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary.wall_seconds = time.perf_counter() - t0
+    summary.per_task = _per_task(r for r in writer.records if r.task in set(tasks))
+    return summary

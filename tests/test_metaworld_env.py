@@ -1,0 +1,155 @@
+"""Meta-World image envs: API conformance, determinism, exact cloning, demos, goals, resumable collection."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("metaworld")
+
+from envs.demos import collect_demos, rollout_expert, split_of  # noqa: E402
+from envs.goals import goal_from_episode, make_goal  # noqa: E402
+from envs.metaworld import MT50_TASKS, expert_policy, make_env  # noqa: E402
+from foresight.data.episodes import MANIFEST, EpisodeDataset, read_manifest  # noqa: E402
+
+pytestmark = pytest.mark.mujoco
+REPO = Path(__file__).resolve().parents[1]
+
+
+def random_actions(n, seed):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, 4)).astype(np.float32)
+
+
+def test_task_list_and_policies():
+    assert len(MT50_TASKS) == 50 and len(set(MT50_TASKS)) == 50
+    assert all(t.endswith("-v3") for t in MT50_TASKS)
+    for t in MT50_TASKS:
+        expert_policy(t)  # every task has a scripted expert
+    with pytest.raises(ValueError, match="unknown"):
+        make_env("reach-v2")
+
+
+@pytest.mark.parametrize("task", ["reach-v3", "assembly-v3"])
+def test_gymnasium_check_env(task):
+    from gymnasium.utils.env_checker import check_env
+
+    env = make_env(task, image_size=32)
+    check_env(env, skip_render_check=True)
+    obs, info = env.reset()
+    assert env.observation_space.contains(obs)
+    assert obs["image"].shape == (32, 32, 3) and obs["image"].dtype == np.uint8
+    obs, r, terminated, truncated, info = env.step(env.action_space.sample())
+    assert info["success"] in (0.0, 1.0) and terminated is False and truncated is False
+    assert np.array_equal(env.render(), obs["image"])
+    env.close()
+
+
+def test_same_seed_and_actions_give_identical_frames():
+    acts = random_actions(8, 0)
+    runs = []
+    for _ in range(2):
+        env = make_env("pick-place-v3", variation_seed=4, image_size=32)
+        obs, _ = env.reset()
+        frames, states = [obs["image"]], [obs["state"]]
+        for a in acts:
+            obs, *_ = env.step(a)
+            frames.append(obs["image"])
+            states.append(obs["state"])
+        runs.append((np.stack(frames), np.stack(states)))
+        env.close()
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert runs[0][0].std(axis=0).max() > 0  # the arm moved: frames differ over time
+
+
+def test_variation_seeds_select_variations():
+    env = make_env("pick-place-v3", variation_seed=0, image_size=32)
+    first0 = env.reset()[0]
+    first1 = env.reset(seed=1)[0]
+    assert env.variation_seed == 1
+    assert not np.array_equal(first0["state"], first1["state"])  # object/goal positions differ
+    again = env.reset()[0]  # no seed: same variation again
+    np.testing.assert_array_equal(again["image"], first1["image"])
+    back = env.reset(options={"variation_seed": 0})[0]
+    np.testing.assert_array_equal(back["image"], first0["image"])
+    env.close()
+
+
+def test_sim_state_clone_is_exact():
+    acts = random_actions(14, 1)
+    a = make_env("door-open-v3", variation_seed=2, image_size=32)
+    a.reset()
+    for act in acts[:6]:
+        a.physics_step(act)
+    saved = a.get_sim_state()
+    cont_a = [a.step(act)[0] for act in acts[6:]]
+    b = make_env("door-open-v3", variation_seed=2, image_size=32)
+    obs_b = b.set_sim_state(saved)
+    cont_b = [b.step(act)[0] for act in acts[6:]]
+    for oa, ob in zip(cont_a, cont_b):
+        np.testing.assert_array_equal(oa["image"], ob["image"])
+        np.testing.assert_array_equal(oa["state"], ob["state"])
+    # restoring into the same env rewinds it
+    obs_a = a.set_sim_state(saved)
+    np.testing.assert_array_equal(obs_a["image"], obs_b["image"])
+    with pytest.raises(ValueError, match="variation"):
+        b.reset(seed=3)
+        b.set_sim_state(saved)
+
+
+def test_expert_demo_and_goal_image_agree():
+    env = make_env("reach-v3", variation_seed=9, image_size=32)
+    ep, first = rollout_expert(env, expert_policy("reach-v3"), success_tail=10)
+    assert first is not None and len(ep["frames"]) == first + 11
+    assert ep["success"][first] and not ep["success"][:first].any()
+    assert ep["actions"].shape == (len(ep["frames"]) - 1, 4) and np.abs(ep["actions"]).max() <= 1
+    goal = make_goal("reach-v3", 9, env=env)
+    assert goal.step == first
+    np.testing.assert_array_equal(goal.image, ep["frames"][first])
+    g2 = goal_from_episode({**ep, "task": "reach-v3", "variation": 9})
+    np.testing.assert_array_equal(g2.image, goal.image)
+    assert split_of(9) == "test" and split_of(8) == "train"
+
+
+def test_image_size_128():
+    env = make_env("reach-v3", image_size=128)
+    obs = env.reset()[0]
+    assert obs["image"].shape == (128, 128, 3) and obs["image"].std() > 10  # a picture, not a blank buffer
+    env.close()
+
+
+@pytest.mark.slow
+def test_resume_after_killed_collection(tmp_path):
+    """Kill a real collection process mid-way, resume, and find every demo exactly once and intact."""
+    root = tmp_path / "ds"
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r});"
+            "from envs.demos import collect_demos;"
+            f"collect_demos({str(root)!r}, tasks=['reach-v3'], demos_per_task=4, workers=0, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "MUJOCO_GL": "egl"})
+    manifest = root / MANIFEST
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if manifest.exists() and manifest.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(read_manifest(root, include_failed=True))
+    assert 1 <= n_before < 4, "the kill should land mid-collection"
+    summary = collect_demos(root, tasks=["reach-v3"], demos_per_task=4, workers=0, progress=False)
+    assert summary.skipped == n_before and summary.new_episodes + summary.new_failures == 4 - n_before
+    lines = manifest.read_text().splitlines()
+    keys = [(json.loads(line)["task"], json.loads(line)["variation"]) for line in lines]
+    assert sorted(keys) == [("reach-v3", v) for v in range(4)]  # each once
+    ds = EpisodeDataset(root)
+    episodes = [ds[i] for i in range(len(ds))]  # every file passes its checks
+    env = make_env("reach-v3", variation_seed=0)
+    ref, _ = rollout_expert(env, expert_policy("reach-v3"))
+    got = next(e for e in episodes if e["variation"] == 0)
+    np.testing.assert_array_equal(got["frames"], ref["frames"])  # the killed process wrote the same pixels
