@@ -61,6 +61,7 @@ def i3d_features(
     feats = []
     for i in tqdm(range(0, videos.shape[0], batch_size), desc="I3D", disable=not progress, leave=False):
         x = preprocess_for_i3d(videos[i : i + batch_size].to(device))  # [b, 3, T, 224, 224]
+        x = x.contiguous(memory_format=torch.channels_last_3d)  # ~20% faster 3-D convs on CPU (oneDNN)
         feats.append(i3d(x).double().cpu())  # [b, 400]
     return torch.cat(feats).numpy()
 
@@ -73,20 +74,24 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, *, eps: float = 1e-6) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)) between two Gaussians."""
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians (float64).
+
+    Tr((S1 S2)^(1/2)) is computed as the sum of square roots of the eigenvalues of the symmetric PSD matrix
+    S1^(1/2) S2 S1^(1/2), which has the same spectrum as S1 S2. Two `scipy.linalg.eigh` calls replace
+    `scipy.linalg.sqrtm`: exact up to round-off, no spurious imaginary parts when the covariances are singular
+    (fewer videos than the 400 feature dimensions), and much faster.
+    """
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0],) * 2:
         raise ValueError(f"mismatched statistics: mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / {sigma2.shape}")
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        # Fewer videos than feature dimensions make the covariances singular; regularise as pytorch-fid does.
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    covmean = np.real(covmean)  # round-off leaves a tiny imaginary part
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    w, v = scipy.linalg.eigh((sigma1 + sigma1.T) / 2)
+    sqrt1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S1^(1/2)
+    m = sqrt1 @ sigma2 @ sqrt1
+    tr_covmean = np.sqrt(np.clip(scipy.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
 def fvd_from_features(real: np.ndarray, fake: np.ndarray) -> float:

@@ -156,7 +156,7 @@ def load_i3d(path: str | os.PathLike | None = None, *, device: str | torch.devic
     """
     found, source = find_i3d_weights(path)
     if isinstance(found, dict):
-        model = InceptionI3d()
+        model = InceptionI3d().to(memory_format=torch.channels_last_3d)
         missing, unexpected = model.load_state_dict(found, strict=False)
         # num_batches_tracked is bookkeeping only; anything else missing means a wrong file.
         missing = [k for k in missing if not k.endswith("num_batches_tracked")]

@@ -87,6 +87,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),  # pickle protocol 5 arrays
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module, name):

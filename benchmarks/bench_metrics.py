@@ -1,0 +1,105 @@
+"""Throughput of the video-prediction metrics on synthetic clips (CPU by default).
+
+    python benchmarks/bench_metrics.py --clips 256 --frames 12 --size 64 --threads 2 --out runs/bench/metrics.json
+
+Times PSNR, SSIM and LPIPS over all clips x frames, and FVD (I3D features of the real and the fake set, then the
+Frechet distance). Fake clips are the real ones plus Gaussian noise, so FVD is a meaningful non-zero number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class Args:
+    clips: int = 256  # number of clips (real and fake each)
+    frames: int = 12  # frames per clip (I3D needs >= 9)
+    size: int = 64  # frame height = width
+    noise: float = 0.1  # std of the noise that turns real clips into fake ones
+    threads: int = 2  # torch CPU threads
+    device: str = "cpu"
+    lpips_batch: int = 256
+    i3d_batch: int = 8
+    fvd_clips: int = -1  # clips used for FVD (-1: all)
+    skip_fvd: bool = False
+    seed: int = 0
+    out: str = ""  # optional JSON output path
+
+
+def parse() -> Args:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in asdict(Args()).items():
+        if isinstance(default, bool):
+            p.add_argument(f"--{name.replace('_', '-')}", action="store_true")
+        else:
+            p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    return Args(**vars(p.parse_args()))
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(args.threads)
+    from foresight.metrics import LPIPS, load_i3d, psnr, ssim
+    from foresight.metrics.fvd import fvd_from_features, i3d_features
+
+    g = torch.Generator().manual_seed(args.seed)
+    # Smooth random clips (upsampled noise) look more like video than white noise does.
+    base = torch.rand(args.clips, args.frames, 3, args.size // 8, args.size // 8, generator=g)
+    real = torch.nn.functional.interpolate(base.flatten(0, 1), size=(args.size, args.size), mode="bilinear").view(
+        args.clips, args.frames, 3, args.size, args.size
+    )
+    fake = (real + args.noise * torch.randn(real.shape, generator=g)).clamp(0, 1)
+    n_frames = args.clips * args.frames
+    res: dict = {"args": asdict(args), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+                 "torch": torch.__version__, "load_avg_start": os.getloadavg()}
+
+    with torch.inference_mode():
+        _, t = timed(lambda: psnr(fake, real))
+        res["psnr_s"], res["psnr_frames_per_s"] = t, n_frames / t
+        _, t = timed(lambda: ssim(fake, real))
+        res["ssim_s"], res["ssim_frames_per_s"] = t, n_frames / t
+    lp, t = timed(lambda: LPIPS().to(args.device))
+    res["lpips_load_s"] = t
+    d, t = timed(lambda: lp.distance(fake.to(args.device), real.to(args.device), batch_size=args.lpips_batch))
+    res["lpips_s"], res["lpips_frames_per_s"], res["lpips_mean"] = t, n_frames / t, float(d.mean())
+    print(json.dumps({k: v for k, v in res.items() if k != "args"}, indent=1), flush=True)
+
+    if not args.skip_fvd:
+        n = args.clips if args.fvd_clips < 0 else args.fvd_clips
+        i3d, t = timed(lambda: load_i3d(device=args.device))
+        res["i3d_load_s"] = t
+        kw = dict(i3d=i3d, batch_size=args.i3d_batch, device=args.device, progress=True)
+        f_real, t_real = timed(lambda: i3d_features(real[:n], **kw))
+        f_fake, t_fake = timed(lambda: i3d_features(fake[:n], **kw))
+        value, t_fd = timed(lambda: fvd_from_features(f_real, f_fake))
+        res.update(fvd=value, fvd_clips=n, fvd_frames=args.frames, fvd_features_s=t_real + t_fake,
+                   fvd_frechet_s=t_fd, fvd_total_s=t_real + t_fake + t_fd, i3d_clips_per_s=2 * n / (t_real + t_fake))
+    res["load_avg_end"] = os.getloadavg()
+    print(json.dumps(res, indent=1))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)), suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(res, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, args.out)
+
+
+if __name__ == "__main__":
+    main()
