@@ -92,8 +92,8 @@ def test_heads_read_the_documented_features(tiny_conv):
     pairs = torch.cat([feats[:, :-1], feats[:, 1:]], -1)
     inv = torch.nn.functional.mse_loss(policy.inverse_head(pairs), batch["actions"])
     _, m = policy(batch)
-    assert m["bc_mse"] == pytest.approx(float(bc), rel=1e-5)
-    assert m["inverse_mse"] == pytest.approx(float(inv), rel=1e-5)
+    assert m["bc_mse"] == pytest.approx(float(bc.detach()), rel=1e-5)
+    assert m["inverse_mse"] == pytest.approx(float(inv.detach()), rel=1e-5)
     # acting = policy head on the newest frame of the window
     window = batch["frames"][:, :3]
     torch.testing.assert_close(policy.act(window), policy.predict_actions(window)[:, -1])
