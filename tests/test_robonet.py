@@ -192,6 +192,16 @@ def test_corrupt_video_stream_error_names_file(folder, monkeypatch, backend):
         ds[64:] = junk[64:]  # keep the first bytes, destroy the stream
     with pytest.raises(rn.RoboNetFileError, match="widowx_traj1.hdf5"):
         rn.read_trajectory(path)
+    assert "widowx_traj1.hdf5" in rn.RoboNetIndex.build(folder, progress=False, cache=False)  # header is fine
+    with pytest.warns(UserWarning, match="widowx_traj1.hdf5"):
+        index = rn.RoboNetIndex.build(folder, progress=False, cache=False, verify_streams=True)
+    assert "widowx_traj1.hdf5" not in index and len(index) == 3
+    full = rn.RoboNetIndex.build(folder, progress=False, cache=False)
+    ds = rn.RoboNetClipDataset(index=full.select(["widowx_traj1.hdf5", "sawyer_traj2.hdf5"]), skip_corrupt=True)
+    with pytest.warns(UserWarning, match="widowx_traj1.hdf5"):
+        assert ds[0]["file"] == "sawyer_traj2.hdf5"
+    with pytest.raises(rn.RoboNetFileError, match="widowx_traj1.hdf5"):
+        rn.RoboNetClipDataset(index=full.select(["widowx_traj1.hdf5"]))[0]
 
 
 # ---------------------------------------------------------------------------------------------- index

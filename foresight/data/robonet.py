@@ -207,6 +207,8 @@ class RoboNetClipDataset(torch.utils.data.Dataset):
         target_adim, target_sdim, impute_autograsp: harmonisation (module docstring).
         seed: base seed; item i of epoch e uses ``numpy.random.default_rng((seed, e, i))`` so workers and
             resumed runs draw the same windows. Call `set_epoch` each epoch.
+        skip_corrupt: when a file's pixels cannot be decoded, warn (naming it) and return the next readable
+            file's clip instead of raising (for long training runs; evaluation should keep the default).
 
     ``ds[i]`` -> dict: frames ``[C+F, 3, H, W]`` float in [0, 1], actions ``[C+F-1, A]``, states
     ``[C+F, S]``, 'file', 'robot', 'start', 'camera'; torch's default collate stacks it into a clip batch.
@@ -226,6 +228,7 @@ class RoboNetClipDataset(torch.utils.data.Dataset):
         target_sdim: int | None = 5,
         impute_autograsp: bool = True,
         seed: int = 0,
+        skip_corrupt: bool = False,
     ):
         if not isinstance(index, RoboNetIndex):
             index = RoboNetIndex.build(index)
@@ -247,6 +250,7 @@ class RoboNetClipDataset(torch.utils.data.Dataset):
         self.camera, self.random_start = camera, bool(random_start)
         self.target_adim, self.target_sdim, self.impute_autograsp = target_adim, target_sdim, impute_autograsp
         self.seed, self.epoch = int(seed), 0
+        self.skip_corrupt = bool(skip_corrupt)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -262,12 +266,23 @@ class RoboNetClipDataset(torch.utils.data.Dataset):
         camera = int(rng.integers(0, row["ncam"])) if self.camera == "random" else int(self.camera)
         return start, camera
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def _load(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
         start, camera = self.window(i)
         return load_clip(row["path"], meta=row, start=start, length=self.length, camera=camera,
                          image_size=self.image_size, target_adim=self.target_adim, target_sdim=self.target_sdim,
                          impute_autograsp=self.impute_autograsp)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not self.skip_corrupt:
+            return self._load(i)
+        for k in range(len(self)):  # a corrupt file is replaced by the next readable one (deterministic)
+            j = (i + k) % len(self)
+            try:
+                return self._load(j)
+            except RoboNetFileError as e:
+                warnings.warn(f"RoboNetClipDataset: skipping unreadable file: {e}", stacklevel=2)
+        raise RoboNetFileError(self.index.folder, "no readable file left in the dataset")
 
 
 def standard_test_clips(

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from foresight.data.robonet_io import RoboNetFileError, read_file_metadata, sha256_file
+from foresight.data.robonet_io import RoboNetFileError, read_file_metadata, read_trajectory, sha256_file
 
 INDEX_FILENAME = ".robonet_index.json"
 INDEX_VERSION = 1
@@ -53,14 +53,17 @@ class RoboNetIndex:
         pattern: str = "*.hdf5",
         cache: bool = True,
         verify_hash: bool = False,
+        verify_streams: bool = False,
         num_workers: int = 1,
         progress: bool = True,
     ) -> "RoboNetIndex":
         """Index every file matching ``pattern`` in ``folder`` (not recursive), reusing the cache if valid.
 
         ``verify_hash`` re-hashes every file to catch content changes that keep size and mtime (slow on the
-        full 160k-file dataset). ``num_workers`` > 1 reads headers in threads (h5py and hashing release the GIL
-        for most of the work).
+        full 160k-file dataset). ``verify_streams`` also decodes every frame of every camera of each new or
+        changed file, so files whose video bytes are corrupt (the header alone looks fine) are skipped too; it
+        costs a full decode per file, once. ``num_workers`` > 1 reads files in threads (hashing and decoding
+        release the GIL for most of the work).
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -87,6 +90,8 @@ class RoboNetIndex:
             try:
                 st = p.stat()
                 meta = read_file_metadata(p)
+                if verify_streams and meta["steps"] > 0:
+                    read_trajectory(p, cameras=None, metadata=meta)
                 meta.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
                 return p, meta, None
             except RoboNetFileError as e:
