@@ -1,0 +1,127 @@
+"""Train any registered world model, stage by stage, on Meta-World (or RoboNet, or synthetic) clips.
+
+    python experiments/train_world_model.py --model harp --preset quick data.root=data/metaworld_64
+    python experiments/train_world_model.py --model harp --stage transformer --init runs/harp/quick/tokenizer
+    python experiments/train_world_model.py --model ghvae --preset tiny data.root=synthetic train.steps=50
+    torchrun --nproc_per_node=4 experiments/train_world_model.py --model harp --preset paper ...
+
+Arguments: ``--model TYPE``, ``--preset tiny|quick|paper`` (applies to the model and the training loop),
+``--stage NAME`` (default: every stage in order), ``--init DIR`` (start from a saved model), ``--config FILE``
+(YAML with ``model:``, ``train:``, ``data:`` sections) and overrides ``model.x=..``, ``train.x=..``,
+``data.x=..``, ``run_dir=..``.
+
+Each stage trains in ``<run_dir>/<stage>/`` (metrics.jsonl, config.yaml, checkpoints/, videos/) and resumes
+there when re-run; the next stage starts from the previous stage's final weights; the final model is exported
+to ``<run_dir>/model/`` (load it with ``foresight.load``).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
+    sys.path.insert(0, str(_ROOT))
+
+import foresight  # noqa: E402
+from foresight.config import dump_yaml, load_yaml, merge, parse_overrides, preset, to_dict  # noqa: E402
+from foresight.registry import get_model_class  # noqa: E402
+from foresight.train import TrainConfig, Trainer  # noqa: E402
+
+from experiments.common import DataConfig, build_clip_datasets  # noqa: E402
+
+
+@dataclass
+class RunConfig:
+    """Where and what to train (model and training settings live in their own configs)."""
+
+    model: str = "conv"                 # registered world-model type: harp, ghvae, conv, ...
+    preset: str = "quick"               # tiny | quick | paper
+    stage: str | None = None            # train only this stage (default: all stages in order)
+    init: str | None = None             # start from this saved model (dir with config.json) instead of scratch
+    run_dir: str | None = None          # default: runs/<model>/<preset>
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def parse_args(argv: list[str]) -> tuple[RunConfig, Any]:
+    overrides = parse_overrides(argv)
+    file_values: dict[str, Any] = load_yaml(overrides.pop("config")) if "config" in overrides else {}
+    model_type = overrides.pop("model", None) or file_values.get("model", "conv")
+    if isinstance(model_type, dict):  # a YAML "model:" section with its own "type"
+        model_type = model_type.get("type", "conv")
+    preset_name = overrides.pop("preset", None) or file_values.get("preset", "quick")
+    model_cls = get_model_class(model_type)
+
+    model_values = {k[len("model."):]: v for k, v in overrides.items() if k.startswith("model.")}
+    run_values = {k: v for k, v in overrides.items() if not k.startswith("model.")}
+    file_model = file_values.get("model") if isinstance(file_values.get("model"), dict) else {}
+    file_model = {k: v for k, v in file_model.items() if k != "type"}
+
+    model_config = merge(merge(preset(model_cls.config_class, preset_name), file_model), model_values)
+    run = RunConfig(model=model_type, preset=preset_name, train=preset(TrainConfig, preset_name))
+    file_run = {k: v for k, v in file_values.items() if k not in ("model", "preset")}
+    run = merge(merge(run, _flatten(file_run)), run_values)
+    if run.run_dir is None:
+        run = merge(run, {"run_dir": f"runs/{model_type}/{preset_name}"})
+    return run, model_config
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def train(run: RunConfig, model_config: Any) -> Path:
+    """Train the stages of ``run`` and export the final model; returns the export directory."""
+    model_cls = get_model_class(run.model)
+    run_dir = Path(run.run_dir)
+    if run.init:
+        model = foresight.load(run.init)
+        if type(model) is not model_cls:
+            raise ValueError(f"--init {run.init} holds a {model.type!r} model, not {run.model!r}")
+    else:
+        model = model_cls(model_config)
+    stages = [run.stage] if run.stage else list(model.stages)
+    for s in stages:
+        if s not in model.stages:
+            raise ValueError(f"unknown stage {s!r} for {run.model}; stages: {list(model.stages)}")
+
+    train_set, eval_set = build_clip_datasets(run.data, context=model.context_frames, future=model.future_frames,
+                                              image_size=model.image_size, action_dim=model.action_dim)
+    print(dump_yaml(run))
+    print(f"model: {run.model} ({model.num_parameters() / 1e6:.2f}M parameters) {model_config}")
+    print(f"data: {len(train_set)} train clips, {len(eval_set) if eval_set is not None else 0} eval clips")
+
+    for i, stage in enumerate(stages):
+        stage_dir = run_dir / stage
+        if i > 0:
+            # Each stage starts from the previous stage's final weights (frozen parts included).
+            model = foresight.load(run_dir / stages[i - 1])
+        trainer = Trainer(model, train_set, config=run.train, run_dir=stage_dir, stage=stage, eval_dataset=eval_set,
+                          run_config={"run": to_dict(run), "model": to_dict(model_config)})
+        if trainer.step >= run.train.steps:
+            print(f"stage {stage}: already trained ({trainer.step} steps), skipping")
+            continue
+        trainer.fit()
+    final = foresight.load(run_dir / stages[-1])
+    export = final.save_pretrained(run_dir / "model")
+    print(f"exported {run.model} to {export}")
+    return export
+
+
+def main(argv: list[str] | None = None) -> Path:
+    run, model_config = parse_args(sys.argv[1:] if argv is None else argv)
+    return train(run, model_config)
+
+
+if __name__ == "__main__":
+    main()
