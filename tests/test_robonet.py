@@ -397,3 +397,18 @@ def test_convert_script_on_synthetic_files(tmp_path):
     # synthetic widowx files record 5-D actions whose gripper entry is the next gripper state
     widowx = rn.read_trajectory(tmp_path / "raw" / "widowx_traj1.hdf5")
     np.testing.assert_array_equal(widowx.actions[:, 4], widowx.states[1:, 4])
+
+
+def test_world_model_trains_on_robonet_batches(folder):
+    from foresight.models.baselines import ConvPredictor, ConvPredictorConfig
+
+    index = rn.RoboNetIndex.build(folder, progress=False)
+    ds = rn.RoboNetClipDataset(index=index, image_size=16, future_frames=3, target_adim=5)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    model = ConvPredictor(ConvPredictorConfig(image_size=16, action_dim=5, context_frames=2, future_frames=3,
+                                              channels=8, levels=2, latent_channels=16))
+    loss, logs = model.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None for p in model.parameters())
+    pred = model.predict(batch["frames"][:, :2], batch["actions"][:, 1:])  # actions[:, 1] acts on context frame 1
+    assert pred.shape == (4, 1, 3, 3, 16, 16)
