@@ -28,10 +28,10 @@ import numpy as np
 from envs.demos import TEST_EVERY
 from envs.metaworld import MT50_TASKS, expert_policy, make_env
 
-__all__ = ["EpisodeResult", "ExpertPolicyFactory", "evaluate_policy", "summarize", "test_variation"]
+__all__ = ["EpisodeResult", "ExpertPolicyFactory", "evaluate_policy", "summarize", "held_out_variation"]
 
 
-def test_variation(trial: int) -> int:
+def held_out_variation(trial: int) -> int:
     """The variation seed of held-out trial ``trial`` (never used for a training demo)."""
     return trial * TEST_EVERY + TEST_EVERY - 1
 
@@ -88,7 +88,7 @@ def _run_episode(job: tuple[str, int, bool]) -> EpisodeResult:
     if task not in w["envs"]:
         w["envs"][task] = make_env(task, image_size=w["image_size"], max_steps=w["max_steps"])
     policy, env = w["policies"][task], w["envs"][task]
-    variation = test_variation(trial)
+    variation = held_out_variation(trial)
     t0 = time.perf_counter()
     obs, _ = env.reset(seed=variation)
     policy.reset()

@@ -133,7 +133,7 @@ class _ResumableBatchSampler:
         self.batches_per_epoch = n // self.global_batch
         self.seed, self.start = seed, start
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         position = self.start
         epoch, perm = -1, None
         while True:
@@ -143,13 +143,15 @@ class _ResumableBatchSampler:
                 perm, epoch = torch.randperm(self.n, generator=g).tolist(), e
             lo = b * self.global_batch + self.rank * self.batch_size
             item_seed = (self.seed * 1_000_003 + position) * 4096
-            yield [(perm[lo + i], item_seed + self.rank * self.batch_size + i) for i in range(self.batch_size)]
+            yield [(perm[lo + i], item_seed + self.rank * self.batch_size + i, e) for i in range(self.batch_size)]
             position += 1
 
 
 class _SeededItems(Dataset):
-    """``dataset[(index, item_seed)]``: fetch ``dataset[index]`` with the global RNGs seeded by ``item_seed``,
-    restoring them afterwards, so the training RNG stream is untouched."""
+    """``dataset[(index, item_seed, epoch)]``: fetch ``dataset[index]`` with the global RNGs seeded by
+    ``item_seed`` (restored afterwards, so the training RNG stream is untouched). Datasets that seed their own
+    augmentation from ``(seed, epoch, index)`` get ``set_epoch(epoch)`` first; this runs inside the DataLoader
+    worker that fetches the item, so it holds with any number of workers."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -157,8 +159,10 @@ class _SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
-        index, item_seed = key
+    def __getitem__(self, key: tuple[int, int, int]):
+        index, item_seed, epoch = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
         np_state, py_state = np.random.get_state(), random.getstate()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed)
