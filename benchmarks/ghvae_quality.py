@@ -139,7 +139,8 @@ def main() -> None:
         data = model.stage_dataset(train)
         cache_s = round(time.perf_counter() - t0, 1)
         cache_mb = round(data.nbytes() / 2**20, 1) if hasattr(data, "nbytes") else 0.0
-        steps = train_for(model, data, args.phase_minutes, lr=args.lr, batch=args.batch, rng=rng, log=log, warmup=args.warmup)
+        steps = train_for(model, data, args.phase_minutes, lr=args.lr, batch=args.batch, rng=rng, log=log,
+                          warmup=args.warmup)
         del data
         row, preds = evaluate(model, context, fut_actions, truth, samples=args.samples, seed=args.seed)
         row.update({"module": k, "steps": steps, "cache_s": cache_s, "cache_mb": cache_mb})
@@ -180,7 +181,8 @@ def main() -> None:
     # ---- the same architecture trained end to end from scratch
     torch.manual_seed(args.seed)
     scratch = GHVAE(cfg).set_stage("finetune")
-    steps = train_for(scratch, train, e2e_minutes, lr=args.lr, batch=args.batch, rng=rng, log=log, warmup=args.warmup)
+    steps = train_for(scratch, train, e2e_minutes, lr=args.lr, batch=args.batch, rng=rng, log=log,
+                      warmup=args.warmup)
     row, _ = evaluate(scratch, context, fut_actions, truth, samples=args.samples, seed=args.seed)
     row["steps"] = steps
     results["e2e_scratch"] = row

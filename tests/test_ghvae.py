@@ -93,6 +93,8 @@ def test_stage_sets_trainable_parameters_and_depth():
     assert not model.stack[0].training and model.stack[1].training
     model.set_stage("finetune")
     assert model.depth == 2 and ids(model.trainable_parameters()) == ids(model.parameters())
+    model.stage = "module2"  # plain assignment (what WorldModel.from_pretrained does) freezes as well
+    assert ids(model.trainable_parameters()) == ids(model.stack[1].parameters())
     with pytest.raises(ValueError, match="unknown stage"):
         model.set_stage("module3")
 
@@ -237,6 +239,8 @@ def test_save_load_partial_stack_and_resume_next_module(clips, tmp_path):
     loaded.save_pretrained(tmp_path / "m2")
     again = foresight.load(tmp_path / "m2")
     assert again.stage == "module2" and again.depth == 2
+    # loading restores the stage's freezing too, not just its name
+    assert {id(p) for p in again.trainable_parameters()} == {id(p) for p in again.stack[1].parameters()}
 
 
 def test_grow_adds_a_module_without_touching_the_trained_ones(clips, tmp_path):
@@ -282,3 +286,30 @@ def test_features_and_embeddings_shapes(clips):
     assert emb.shape[:2] == (2, 5) and emb.ndim == 3
     pe = model.predict_embeddings(frames[:, :2], torch.zeros(2, 3, 4), seed=0)
     assert pe.shape == (2, 1, 3, emb.shape[-1])
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_frame_cache_reads_either_frame_layout(clips, channels_last):
+    """The per-frame cache reads a ClipDataset-like ``frames`` array stored [N, H, W, 3] or [N, 3, H, W]."""
+
+    class Windows:
+        def __init__(self, frames_chw: np.ndarray):
+            self.frames = frames_chw.transpose(0, 2, 3, 1).copy() if channels_last else frames_chw
+            self.starts, self.stride, self.clip_length = np.array([0, 2, 4]), 1, 5
+            self._chw = frames_chw
+
+        def __len__(self):
+            return len(self.starts)
+
+        def get_batch(self, idx, augment=False):
+            fidx = self.starts[np.asarray(idx)][:, None] + np.arange(5)[None]
+            return {"frames": torch.from_numpy(self._chw[fidx]).float() / 255.0}
+
+    rng = np.random.default_rng(1)
+    ds = Windows(rng.integers(0, 256, size=(9, 3, 16, 16), dtype=np.uint8))
+    model = make_model(cache_dtype="float32").set_stage("module2")
+    cached = model.stage_dataset(ds)
+    assert cached.features["h1"].shape[0] == 9  # 9 distinct frames, not 3 clips x 5
+    batch = cached.get_batch([1, 2])
+    expected = model.encode(batch["frames"].flatten(0, 1), 1)[0]
+    torch.testing.assert_close(batch["h1"].flatten(0, 1), expected, rtol=1e-5, atol=1e-5)

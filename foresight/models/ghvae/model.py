@@ -91,12 +91,25 @@ class GHVAE(WorldModel):
         k = int(stage[len("module"):])
         return list(self.stack[k - 1].parameters())
 
+    @property
+    def stage(self) -> str:
+        return self.__dict__.get("_stage", "module1")
+
+    @stage.setter
+    def stage(self, value: str) -> None:
+        # A property so that *any* assignment (WorldModel.from_pretrained sets ``model.stage`` directly) also
+        # freezes the right modules: a loaded module-2 checkpoint trains module 2, not module 1.
+        self.__dict__["_stage"] = value
+        if "stack" in self._modules and value in self.stages:
+            trainable = {id(p) for p in self.stage_parameters(value)}
+            for p in self.parameters():
+                p.requires_grad_(id(p) in trainable)
+                if id(p) not in trainable:
+                    p.grad = None  # stale gradients of an earlier stage must not reach an optimizer over all params
+            self.train(self.training)  # re-applies eval mode to the frozen modules
+
     def set_stage(self, stage: str) -> "GHVAE":
-        super().set_stage(stage)
-        for p in self.parameters():
-            if not p.requires_grad:
-                p.grad = None  # stale gradients of an earlier stage must not reach an optimizer over all params
-        self.train(self.training)  # re-applies eval mode to the frozen modules
+        super().set_stage(stage)  # validates the name; the ``stage`` setter does the freezing
         return self
 
     def train(self, mode: bool = True) -> "GHVAE":
@@ -221,10 +234,13 @@ class GHVAE(WorldModel):
         try:
             if shared is not None:  # a ClipDataset: encode each distinct frame once
                 used, index = shared
-                source = dataset.frames  # [N, H, W, 3] uint8
+                source = dataset.frames  # [N, 3, H, W] or [N, H, W, 3], uint8 (or float in [0, 1])
+                channels_last = source.shape[-1] == 3 and source.shape[1] != 3
                 for start in tqdm(range(0, len(used), batch_size), desc=f"ghvae cache h1..h{levels}", leave=False):
                     raw = torch.as_tensor(np.asarray(source[used[start:start + batch_size]]))
-                    frames = raw.permute(0, 3, 1, 2).to(self.device, torch.float32) / 255.0  # [n, 3, H, W]
+                    raw = raw.permute(0, 3, 1, 2) if channels_last else raw  # [n, 3, H, W]
+                    frames = raw.to(self.device, torch.float32)
+                    frames = frames / 255.0 if raw.dtype == torch.uint8 else frames
                     for j, h in enumerate(self.encode(frames, levels), start=1):
                         chunks[f"h{j}"].append(h.to("cpu", dtype))
             else:  # any clip dataset: every clip gets its own T rows
