@@ -11,8 +11,10 @@ Protocol (fixed and documented so datasets are comparable):
   recorded in the manifest as a failure (counted in the summary, not retried on resume).
 * Stored per episode: frames uint8 [T, H, W, 3] (T = first success frame + K + 1), actions float32 [T-1, 4]
   (the clipped actions actually applied), states float32 [T, 39], rewards [T-1], success bool [T]; the manifest
-  holds task, variation, split and ``extra`` = {variation_seed, steps, seconds}.
+  holds task, variation, split and ``extra`` = {variation_seed, steps, seconds, cpu_seconds}.
 
+Each demo first runs physics only; only a successful one is replayed with rendering (the replay is checked to
+reproduce the recorded states bit for bit), so failures cost no rendering.
 Workers are started with the 'forkserver' context (forking a process that has rendered deadlocks Mesa) and
 create their envs lazily; each writes its episode file atomically and the parent appends the manifest line.
 """
@@ -34,7 +36,8 @@ import numpy as np
 
 from foresight.data.episodes import EpisodeRecord, EpisodeWriter, save_episode
 
-__all__ = ["SUCCESS_TAIL", "TEST_EVERY", "split_of", "rollout_expert", "collect_demos", "format_summary"]
+__all__ = ["SUCCESS_TAIL", "TEST_EVERY", "split_of", "rollout_expert", "render_replay", "collect_demos",
+           "format_summary"]
 
 SUCCESS_TAIL = 10  # steps kept after the first success (HARP clips need 12 frames; every kept demo has >= 12)
 TEST_EVERY = 10  # variation v is a test episode iff v % TEST_EVERY == TEST_EVERY - 1
@@ -45,41 +48,65 @@ def split_of(variation: int) -> str:
     return "test" if int(variation) % TEST_EVERY == TEST_EVERY - 1 else "train"
 
 
-def rollout_expert(env: Any, policy: Any, *, success_tail: int = SUCCESS_TAIL,
-                   record_sim_states: bool = False) -> tuple[dict[str, np.ndarray], int | None]:
+def rollout_expert(env: Any, policy: Any, *, success_tail: int = SUCCESS_TAIL, record_sim_states: bool = False,
+                   render: bool = True) -> tuple[dict[str, np.ndarray], int | None]:
     """Run ``policy`` in ``env`` from reset; return (episode dict, first success frame index or None).
 
-    The episode stops ``success_tail`` steps after the first success or when the env truncates.
+    The episode stops ``success_tail`` steps after the first success or when the env truncates. With
+    ``render=False`` only physics runs (no 'frames'): `render_replay` adds the frames afterwards.
     """
     obs, _ = env.reset()
-    frames, states, actions, rewards, success = [obs["image"]], [obs["state"]], [], [], [False]
+    state = obs["state"]
+    frames, states, actions, rewards, success = [obs["image"]], [state], [], [], [False]
     sims = [env.get_sim_state()["physics"]] if record_sim_states else None
     first: int | None = None
     while True:
-        action = policy(obs["state"])
-        obs, reward, terminated, truncated, info = env.step(action)
-        frames.append(obs["image"])
-        states.append(obs["state"])
-        actions.append(np.clip(action, -1.0, 1.0))
+        action = np.clip(policy(state), -1.0, 1.0).astype(np.float32)
+        if render:
+            obs, reward, terminated, truncated, info = env.step(action)
+            state = obs["state"]
+            frames.append(obs["image"])
+        else:
+            state, reward, truncated, info = env.physics_step(action)
+            terminated = False
+        states.append(state)
+        actions.append(action)
         rewards.append(reward)
         success.append(bool(info["success"]))
         if sims is not None:
             sims.append(env.get_sim_state()["physics"])
-        t = len(frames) - 1  # index of the frame just produced
+        t = len(states) - 1  # index of the frame just produced
         if first is None and success[-1]:
             first = t
         if (first is not None and t - first >= success_tail) or terminated or truncated:
             break
     episode = {
-        "frames": np.stack(frames).astype(np.uint8),  # [T, H, W, 3]
         "actions": np.stack(actions).astype(np.float32),  # [T-1, 4]
         "states": np.stack(states).astype(np.float32),  # [T, 39]
         "rewards": np.asarray(rewards, np.float32),  # [T-1]
         "success": np.asarray(success, bool),  # [T]
     }
+    if render:
+        episode = {"frames": np.stack(frames).astype(np.uint8), **episode}  # [T, H, W, 3]
     if sims is not None:
         episode["sim_states"] = np.stack(sims)  # [T, n] float64
     return episode, first
+
+
+def render_replay(env: Any, episode: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Replay ``episode['actions']`` from reset with rendering and return the episode with 'frames' added.
+
+    Used to render only the demos that succeed (a failed demo runs 500 steps; rendering is ~80% of the cost).
+    The replay must reproduce the recorded states exactly; RuntimeError otherwise.
+    """
+    obs, _ = env.reset()
+    frames = [obs["image"]]
+    for t, action in enumerate(episode["actions"]):
+        obs, *_ = env.step(action)
+        frames.append(obs["image"])
+        if not np.array_equal(obs["state"].astype(np.float32), episode["states"][t + 1]):
+            raise RuntimeError(f"replay of {env.task_name} variation {env.variation_seed} diverged at step {t + 1}")
+    return {"frames": np.stack(frames).astype(np.uint8), **episode}
 
 
 # --------------------------------------------------------------------------------------------- workers
@@ -115,7 +142,7 @@ def _run_job(job: _Job) -> tuple[EpisodeRecord, float]:
     from envs.metaworld import expert_policy, make_env  # imported in the worker, after MUJOCO_GL is set
 
     cfg: _WorkerConfig = _WORKER["cfg"]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if _WORKER["task"] != job.task:  # one env per worker at a time: jobs arrive grouped by task
         if _WORKER["env"] is not None:
             _WORKER["env"].close()
@@ -126,13 +153,18 @@ def _run_job(job: _Job) -> tuple[EpisodeRecord, float]:
     env = _WORKER["env"]
     env.set_variation(job.variation)
     episode, first = rollout_expert(env, _WORKER["policy"], success_tail=cfg.success_tail,
-                                    record_sim_states=cfg.record_sim_states)
+                                    record_sim_states=cfg.record_sim_states, render=False)
+    if first is not None:
+        episode = render_replay(env, episode)
     seconds = time.perf_counter() - t0
-    extra = {"variation_seed": job.variation, "steps": int(len(episode["actions"])), "seconds": round(seconds, 3)}
+    # CPU seconds (all threads of this worker) measure the cost independently of other load on the machine
+    cpu = time.process_time() - c0
+    extra = {"variation_seed": job.variation, "steps": int(len(episode["actions"])), "seconds": round(seconds, 3),
+             "cpu_seconds": round(cpu, 3)}
     split = split_of(job.variation)
     if first is None:
         rec = EpisodeRecord(task=job.task, variation=job.variation, split=split, status="failed",
-                            length=len(episode["frames"]), extra=extra)
+                            length=len(episode["states"]), extra=extra)
     else:
         rec = save_episode(cfg.root, episode, task=job.task, variation=job.variation, split=split, extra=extra)
     return rec, seconds
@@ -150,6 +182,7 @@ class CollectSummary:
     skipped: int = 0
     wall_seconds: float = 0.0
     worker_seconds: float = 0.0
+    worker_cpu_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,7 +221,7 @@ def format_summary(summary: CollectSummary) -> str:
                 f"tasks at 100%: {tot['perfect']}/{len(summary.per_task)}")
     rows.append(f"new episodes {summary.new_episodes}, new failures {summary.new_failures}, "
                 f"skipped (already done) {summary.skipped}, wall {summary.wall_seconds:.1f} s, "
-                f"worker time {summary.worker_seconds:.1f} s")
+                f"worker time {summary.worker_seconds:.1f} s (CPU {summary.worker_cpu_seconds:.1f} s)")
     return "\n".join(rows)
 
 
@@ -241,6 +274,7 @@ def collect_demos(
     def handle(rec: EpisodeRecord, seconds: float) -> None:
         writer.append(rec)
         summary.worker_seconds += seconds
+        summary.worker_cpu_seconds += rec.extra.get("cpu_seconds", 0.0)
         if rec.status == "ok":
             summary.new_episodes += 1
         else:

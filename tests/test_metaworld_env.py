@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-from envs.demos import collect_demos, rollout_expert, split_of  # noqa: E402
+from envs.demos import collect_demos, render_replay, rollout_expert, split_of  # noqa: E402
 from envs.goals import goal_from_episode, make_goal  # noqa: E402
 from envs.metaworld import MT50_TASKS, expert_policy, make_env  # noqa: E402
 from foresight.data.episodes import MANIFEST, EpisodeDataset, read_manifest  # noqa: E402
@@ -114,6 +114,12 @@ def test_expert_demo_and_goal_image_agree():
     np.testing.assert_array_equal(goal.image, ep["frames"][first])
     g2 = goal_from_episode({**ep, "task": "reach-v3", "variation": 9})
     np.testing.assert_array_equal(g2.image, goal.image)
+    # physics-only rollout + rendered replay (the collection path) gives the same episode
+    blind, first2 = rollout_expert(env, expert_policy("reach-v3"), success_tail=10, render=False)
+    assert first2 == first and "frames" not in blind
+    replayed = render_replay(env, blind)
+    for k in ("frames", "actions", "states", "success"):
+        np.testing.assert_array_equal(replayed[k], ep[k])
     assert split_of(9) == "test" and split_of(8) == "train"
 
 

@@ -14,8 +14,9 @@ A clip batch (the `WorldModel` training convention)::
     task     int64   [B]                         index into ``dataset.task_names``
     episode  int64   [B], start int64 [B]        where the clip came from (episode index, first frame)
 
-Speed: all frames of the split sit in one contiguous uint8 array ``[N, H, W, 3]``; a batch is one fancy-index
-gather, so `ClipLoader` serves thousands of clips per second from one core without worker processes.
+Speed: all frames of the split sit in one contiguous uint8 array ``[N, 3, H, W]`` (channels moved first once, at
+load time); a batch is one fancy-index gather plus one uint8 -> float conversion, so `ClipLoader` serves thousands
+of clips per second from one core without worker processes.
 Memory: N * H * W * 3 bytes (64x64: 12 KiB per frame; ~2.7 GiB for 2,250 Meta-World demos of ~100 frames).
 
 Frame stride s > 1 keeps every s-th frame; the s raw actions between two kept frames are reduced by
@@ -39,19 +40,28 @@ __all__ = ["ClipDataset", "ClipLoader", "shift_augment"]
 def shift_augment(clips: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
     """Translate each clip by a random integer (dy, dx) in [-max_shift, max_shift], replicate-padded.
 
-    clips: uint8 [B, T, H, W, C]; the same shift for every frame of a clip, a different one per clip.
-    Returns a new array of the same shape.
+    clips: [B, T, C, H, W]; the same shift for every frame of a clip, a different one per clip:
+    ``out[b, :, :, y, x] = clips[b, :, :, clip(y + dy_b), clip(x + dx_b)]``. Returns a new array.
     """
     if max_shift <= 0:
         return clips
-    B, T, H, W, _ = clips.shape
-    dy = rng.integers(-max_shift, max_shift + 1, size=B)
-    dx = rng.integers(-max_shift, max_shift + 1, size=B)
-    rows = np.clip(np.arange(H)[None, :] + dy[:, None], 0, H - 1)  # [B, H]
-    cols = np.clip(np.arange(W)[None, :] + dx[:, None], 0, W - 1)  # [B, W]
-    b = np.arange(B)[:, None, None, None]
-    t = np.arange(T)[None, :, None, None]
-    return clips[b, t, rows[:, None, :, None], cols[:, None, None, :]]  # [B, T, H, W, C]
+    B, H, W, m = clips.shape[0], clips.shape[-2], clips.shape[-1], max_shift
+    dy = rng.integers(-m, m + 1, size=B)
+    dx = rng.integers(-m, m + 1, size=B)
+    out = np.empty_like(clips)
+    # Per clip: copy the overlapping window, then replicate its border rows/columns into the uncovered strips.
+    # A few slice copies per clip; much cheaper than padding the batch or gathering per pixel.
+    for b in range(B):
+        sy0, sy1, sx0, sx1 = max(0, dy[b]), H + min(0, dy[b]), max(0, dx[b]), W + min(0, dx[b])
+        ty0, tx0 = max(0, -dy[b]), max(0, -dx[b])
+        ty1, tx1 = ty0 + (sy1 - sy0), tx0 + (sx1 - sx0)
+        o = out[b]  # [T, C, H, W] view
+        o[..., ty0:ty1, tx0:tx1] = clips[b, ..., sy0:sy1, sx0:sx1]
+        o[..., :ty0, tx0:tx1] = o[..., ty0:ty0 + 1, tx0:tx1]
+        o[..., ty1:, tx0:tx1] = o[..., ty1 - 1:ty1, tx0:tx1]
+        o[..., :, :tx0] = o[..., :, tx0:tx0 + 1]
+        o[..., :, tx1:] = o[..., :, tx1 - 1:tx1]
+    return out
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -120,7 +130,7 @@ class ClipDataset(torch.utils.data.Dataset):
         first = get(0)
         H, W = first["frames"].shape[1:3]
         total = sum(lengths)
-        frames = np.empty((total, H, W, 3), dtype=np.uint8)
+        frames = np.empty((total, 3, H, W), dtype=np.uint8)  # channels first: batches need no transpose
         actions = np.zeros((total, np.shape(first["actions"])[1]), dtype=np.float32)
         use_states = with_states and "states" in first
         states = np.empty((total, np.shape(first["states"])[1]), np.float32) if use_states else None
@@ -132,10 +142,10 @@ class ClipDataset(torch.utils.data.Dataset):
             T = len(ep["frames"])
             if T != lengths[i]:
                 raise ValueError(f"episode {i}: manifest says {lengths[i]} frames, file has {T}")
-            if ep["frames"].shape[1:] != frames.shape[1:]:
+            if ep["frames"].shape[1:] != (H, W, 3):
                 raise ValueError(f"episode {i}: frames {list(ep['frames'].shape)} do not match "
                                  f"[T, {H}, {W}, 3] of the first episode")
-            frames[offset:offset + T] = ep["frames"]
+            frames[offset:offset + T] = ep["frames"].transpose(0, 3, 1, 2)  # [T, H, W, 3] -> [T, 3, H, W]
             # actions[g] moves global frame g to g+1; the last frame of each episode keeps a zero action
             actions[offset:offset + T - 1] = ep["actions"]
             if states is not None:
@@ -174,7 +184,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     @property
     def image_size(self) -> int:
-        return int(self.frames.shape[1])
+        return int(self.frames.shape[-1])
 
     @property
     def action_dim(self) -> int:
@@ -199,14 +209,13 @@ class ClipDataset(torch.utils.data.Dataset):
         idx = np.asarray(indices, dtype=np.int64)
         starts = self.starts[idx]  # [B]
         fidx = starts[:, None] + self._frame_offsets[None, :]  # [B, T]
-        clips = self.frames[fidx]  # [B, T, H, W, 3] uint8
+        clips = self.frames[fidx]  # [B, T, 3, H, W] uint8
         if augment and self.augment_shift > 0:
             clips = shift_augment(clips, self.augment_shift, rng if rng is not None else np.random.default_rng())
-        frames = torch.from_numpy(clips).permute(0, 1, 4, 2, 3)  # [B, T, 3, H, W]
         if self.frames_dtype == torch.float32:
-            frames = frames.float().div_(255.0)
-        else:
-            frames = frames.contiguous()
+            # numpy's fused uint8 -> float32 multiply is ~4x faster here than torch's .float() on a fresh buffer
+            clips = np.multiply(clips, np.float32(1.0 / 255.0), dtype=np.float32)
+        frames = torch.from_numpy(clips)
         B, T = fidx.shape
         raw = self.actions_raw[starts[:, None] + self._action_offsets[None, :]]  # [B, (T-1)*s, A]
         raw = raw.reshape(B, T - 1, self.stride, -1)  # [B, T-1, s, A]
