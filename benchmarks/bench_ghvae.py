@@ -37,10 +37,10 @@ def _rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure_stage(preset: str, stage: str, batch: int, num_modules: int | None) -> dict:
+def measure_stage(preset: str, stage: str, batch: int, num_modules: int | None, checkpoint: bool = False) -> dict:
     """One training step of ``stage``; runs in its own process (see main)."""
     torch.manual_seed(0)
-    cfg = foresight.preset(GHVAEConfig, preset)
+    cfg = dataclasses.replace(foresight.preset(GHVAEConfig, preset), checkpoint_frozen=checkpoint)
     if num_modules:
         cfg = dataclasses.replace(cfg, num_modules=num_modules)
     model = GHVAE(cfg).set_stage(stage)
@@ -78,7 +78,7 @@ def measure_stage(preset: str, stage: str, batch: int, num_modules: int | None) 
     step_s = time.perf_counter() - t0
     peak = _rss_peak_mb()
     n_train = sum(p.numel() for p in params)
-    return {"stage": stage, "trainable_params_M": round(n_train / 1e6, 3),
+    return {"stage": stage, "checkpoint_frozen": checkpoint, "trainable_params_M": round(n_train / 1e6, 3),
             "saved_mb": round(sum(saved.values()) / 2**20, 1), "state_mb": round(4 * n_train * 4 / 2**20, 1),
             "peak_rss_mb": round(peak - before, 1), "step_s": round(step_s, 2)}
 
@@ -115,13 +115,15 @@ def main() -> None:
     ap.add_argument("--horizon", type=int, default=10)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--checkpoint-frozen", action="store_true", help="also measure greedy phases with "
+                    "checkpoint_frozen=True (frozen decoders recomputed in backward)")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # internal: child process
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.stage:  # child: one configuration, JSON on the last line
-        print(json.dumps(measure_stage(args.preset, args.stage, args.batch, args.modules)))
+        print(json.dumps(measure_stage(args.preset, args.stage, args.batch, args.modules, args.checkpoint_frozen)))
         return
 
     cfg = foresight.preset(GHVAEConfig, args.preset)
@@ -131,9 +133,13 @@ def main() -> None:
                     "params_M": round(GHVAE(dataclasses.replace(cfg, num_modules=k)).num_parameters() / 1e6, 2)}
     if not args.skip_memory:
         result["memory"] = []
-        for stage in [f"module{i}" for i in range(1, k + 1)] + ["finetune"]:
+        runs = [(f"module{i}", False) for i in range(1, k + 1)] + [("finetune", False)]
+        if args.checkpoint_frozen:
+            runs += [(f"module{i}", True) for i in range(2, k + 1)]
+        for stage, ckpt in runs:
             cmd = [sys.executable, __file__, "--preset", args.preset, "--batch", str(args.batch), "--threads",
                    str(args.threads), "--stage", stage] + (["--modules", str(k)] if args.modules else [])
+            cmd += ["--checkpoint-frozen"] if ckpt else []
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             result["memory"].append(row)

@@ -165,6 +165,19 @@ def test_cache_of_a_plain_sequence_dataset(clips):
     torch.testing.assert_close(batch["h1"].flatten(0, 1), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_checkpointed_frozen_decoders_give_the_same_gradients(clips):
+    grads = []
+    for checkpoint in (False, True):
+        model = make_model(num_modules=3, checkpoint_frozen=checkpoint, cache_dtype="float32").set_stage("module3")
+        batch = model.stage_dataset(clips).get_batch(np.arange(3))
+        torch.manual_seed(0)
+        model(batch)[0].backward()
+        grads.append([p.grad.clone() for p in model.stack[2].parameters()])
+        assert all(p.grad is None for p in model.stack[:2].parameters())
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_cached_features_with_wrong_shape_are_rejected(clips):
     model = make_model().set_stage("module2")
     batch = clips.get_batch(np.arange(2), augment=False)

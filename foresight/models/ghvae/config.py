@@ -38,6 +38,7 @@ class GHVAEConfig:
     residual: bool = True            # predict x_{t+1} as x_t + decoder output
     finetune: bool = True            # append an end-to-end "finetune" stage after the greedy ones
     cache_dtype: str = "float16"     # dtype of cached frozen-module features ("float16" | "float32")
+    checkpoint_frozen: bool = False  # recompute frozen decoders in backward instead of storing their activations
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"image_size": 16, "num_modules": 2, "base_channels": 8, "max_channels": 16,
                  "max_lstm_channels": 16, "min_size": 4, "context_frames": 2, "future_frames": 3},

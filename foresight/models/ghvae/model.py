@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -147,8 +148,15 @@ class GHVAE(WorldModel):
     def decode(self, hs: list[Tensor], u: Tensor, frame: Tensor) -> Tensor:
         """Decode the deepest future ``u = z^d [N, Z^d, H^d, W^d]`` with the current ``hs = [h_t^1..h_t^d]``
         and frame ``x_t [N, 3, H, W]`` into ``x_{t+1} [N, 3, H, W]`` (not clamped)."""
-        for module, h in zip(reversed(self.stack[: len(hs)]), reversed(hs)):
-            u = module.decoder(h, u)  # [N, Z^{j-1} (3 at j=1), H^{j-1}, W^{j-1}]
+        frozen = self.frozen_modules if (self.config.checkpoint_frozen and torch.is_grad_enabled()) else 0
+        for j in range(len(hs), 0, -1):
+            decoder = self.stack[j - 1].decoder
+            if j <= frozen and u.requires_grad:
+                # The gradient must pass through a frozen decoder into module k, but its activations need not
+                # be kept: recompute them in backward (less memory for one extra forward of frozen parts).
+                u = torch.utils.checkpoint.checkpoint(decoder, hs[j - 1], u, use_reentrant=False)
+            else:
+                u = decoder(hs[j - 1], u)  # [N, Z^{j-1} (3 at j=1), H^{j-1}, W^{j-1}]
         return frame + u if self.config.residual else torch.sigmoid(u)
 
     def _features_for(self, batch: dict[str, Any], frames: Tensor, depth: int, frozen: int) -> list[Tensor]:
