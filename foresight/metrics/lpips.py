@@ -38,6 +38,8 @@ class LPIPS(nn.Module):
             self.model = lpips_pkg.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
         self._load_backbone(backbone)
         self.net = net
+        # AlexNet's stride-4 conv and two 3x3/2 pools leave nothing to pool below 31 pixels; VGG halves 4 times.
+        self.min_size = 31 if net == "alex" else 16
         for p in self.parameters():
             p.requires_grad_(False)
         self.train(False)
@@ -64,6 +66,8 @@ class LPIPS(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if pred.shape != target.shape or pred.ndim < 3 or pred.shape[-3] != 3:
             raise ValueError(f"LPIPS expects pred and target [..., 3, H, W] of equal shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+        if min(pred.shape[-2:]) < self.min_size:
+            raise ValueError(f"LPIPS-{self.net} needs images of at least {self.min_size}x{self.min_size}, got {tuple(pred.shape[-2:])}")
         lead = pred.shape[:-3]
         x = pred.reshape(-1, *pred.shape[-3:])  # [N, 3, H, W]
         y = target.reshape(-1, *target.shape[-3:])

@@ -92,7 +92,9 @@ def evaluate_predictions(
         "psnr": _chunked(psnr, flat_pred, flat_truth, batch_size, device),
         "ssim": _chunked(ssim, flat_pred, flat_truth, batch_size, device),
     }
-    if lpips is not False:
+    if lpips is not False and min(pred.shape[-2:]) < getattr(lpips, "min_size", 31):
+        result["lpips"] = {"skipped": f"frames of {tuple(pred.shape[-2:])} are too small for LPIPS"}
+    elif lpips is not False:
         lpips = LPIPS() if lpips is None else lpips
         lpips.to(device)
         per_frame["lpips"] = _chunked(lpips, flat_pred, flat_truth, batch_size, device)
