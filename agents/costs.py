@@ -107,7 +107,12 @@ class PixelCost(Cost):
 
     def per_step(self, predicted: Tensor) -> Tensor:
         _check_predicted(predicted, self.goal)
-        return (predicted - self.goal.to(predicted.device)).pow(2).sum((-3, -2, -1))  # [N, S, T]
+        steps = self.steps_needed(predicted.shape[2])
+        out = predicted.new_zeros(predicted.shape[:3])  # [N, S, T]; zero-weight steps are never computed
+        if steps:
+            sel = predicted[:, :, steps] if len(steps) < predicted.shape[2] else predicted
+            out[:, :, steps] = (sel - self.goal.to(predicted.device)).pow(2).sum((-3, -2, -1))
+        return out
 
 
 class LPIPSCost(Cost):
