@@ -259,3 +259,20 @@ def test_bad_inputs_raise_value_errors():
         model.set_stage("transformer").loss({"actions": torch.randn(1, 3, 4)})
     with pytest.raises(ValueError, match="at most"):
         model.features(torch.rand(1, 6, 3, 16, 16))
+
+
+def test_clip_dataset_fast_cache_matches_clip_by_clip():
+    from foresight.data.clips import ClipDataset
+
+    torch.manual_seed(0)
+    model = Harp(tiny_config()).eval()
+    clips = moving_square_clips(2, 9)
+    episodes = [{"frames": (clips["frames"][i].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
+                 "actions": clips["actions"][i].numpy(), "task": f"task{i}"} for i in range(2)]
+    ds = ClipDataset(episodes, context=1, future=3, window_step=2, with_states=False)
+    fast = model.stage_dataset(ds, "transformer")
+    slow = model.cache_codes([ds[i] for i in range(len(ds))])
+    assert len(fast) == len(ds) == len(slow)
+    for i in range(len(ds)):
+        for k in ("codes", "actions", "context", "task"):
+            assert torch.equal(fast[i][k], slow[i][k]), k

@@ -54,10 +54,10 @@ class HarpConfig:
         },
         # Trains on a 2-core CPU in tens of minutes: 64x64 frames -> 8x8 codes, 2 + 10 frames.
         "quick": {
-            "image_size": 64, "context_frames": 2, "future_frames": 10, "channels": 32, "channel_mult": (1, 2, 2, 4),
+            "image_size": 64, "context_frames": 2, "future_frames": 10, "channels": 16, "channel_mult": (1, 2, 2, 4),
             "res_blocks": 1, "codebook_size": 256, "code_dim": 32, "perceptual_weight": 1.0, "disc_start": 3000,
-            "disc_channels": 32, "disc_layers": 3, "tokenizer_frames_per_clip": 2, "width": 128, "layers": 4,
-            "heads": 4, "dropout": 0.1, "resnet_widths": (32, 64, 64), "resnet_blocks": (1, 1, 1),
+            "disc_channels": 32, "disc_layers": 3, "tokenizer_frames_per_clip": 2, "width": 96, "layers": 3,
+            "heads": 4, "dropout": 0.1, "resnet_widths": (16, 32, 32), "resnet_blocks": (1, 1, 1),
         },
         # The paper's scale at 64x64: 16x16 codes per frame, 8192 codes, 12-layer transformer, ResNet-18 context.
         "paper": {

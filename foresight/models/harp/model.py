@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -152,6 +153,10 @@ class Harp(WorldModel):
 
     @torch.no_grad()
     def cache_codes(self, dataset: Any, *, batch_size: int = 64) -> CachedCodes:
+        """Codes of every clip of ``dataset``. A `foresight.data.ClipDataset` without augmentation is encoded
+        frame by frame (each stored frame once, however many clips share it); other datasets clip by clip."""
+        if self._is_plain_clip_dataset(dataset):
+            return self._cache_clip_frames(dataset, batch_size=batch_size)
         from tqdm.auto import tqdm
 
         was_training = self.training
@@ -174,6 +179,43 @@ class Harp(WorldModel):
         finally:
             self.train(was_training)
         return CachedCodes(torch.cat(codes), {k: torch.cat(v) for k, v in extras.items() if v})
+
+    @staticmethod
+    def _is_plain_clip_dataset(dataset: Any) -> bool:
+        frames = getattr(dataset, "frames", None)
+        return (isinstance(frames, np.ndarray) and frames.ndim == 4 and frames.shape[-1] == 3
+                and all(hasattr(dataset, a) for a in ("starts", "stride", "clip_length", "get_batch"))
+                and getattr(dataset, "augment_shift", 1) == 0)
+
+    @torch.no_grad()
+    def _cache_clip_frames(self, dataset: Any, *, batch_size: int) -> CachedCodes:
+        from tqdm.auto import tqdm
+
+        was_training = self.training
+        self.eval()
+        try:
+            fidx = dataset.starts[:, None] + np.arange(dataset.clip_length)[None] * dataset.stride  # [clips, T]
+            used = np.unique(fidx)
+            codes = []
+            for i in tqdm(range(0, len(used), batch_size), desc="HARP: caching frame codes", leave=False):
+                chunk = torch.from_numpy(dataset.frames[used[i:i + batch_size]]).permute(0, 3, 1, 2)  # [b, 3, H, W]
+                codes.append(self.encode(_as_float_frames(chunk).to(self.device)).cpu())
+            dtype = torch.int16 if self.config.codebook_size <= 32767 else torch.int32
+            per_frame = torch.cat(codes).to(dtype)  # [U, h, w]
+            clip_codes = per_frame[torch.from_numpy(np.searchsorted(used, fidx))]  # [clips, T, h, w]
+            extras: dict[str, list[Tensor]] = {"actions": [], "task": []}
+            for i in range(0, len(fidx), 1024):
+                batch = dataset.get_batch(np.arange(i, min(i + 1024, len(fidx))), augment=False)
+                extras["actions"].append(batch["actions"].float())
+                if "task" in batch:
+                    extras["task"].append(batch["task"])
+            out = {k: torch.cat(v) for k, v in extras.items() if v}
+            if self.config.context_resnet:
+                ctx = dataset.frames[fidx[:, :self.context_frames]]  # [clips, C, H, W, 3] uint8
+                out["context"] = torch.from_numpy(ctx).permute(0, 1, 4, 2, 3).contiguous()
+        finally:
+            self.train(was_training)
+        return CachedCodes(clip_codes, out)
 
     # ------------------------------------------------------------------ prediction
     def _sample(self, context_frames: Tensor, actions: Tensor | None, num_samples: int,

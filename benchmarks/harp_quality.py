@@ -1,0 +1,175 @@
+"""HARP quality on held-out Meta-World demos under a wall-clock budget (CPU-sized ``quick`` preset).
+
+    python benchmarks/harp_quality.py --data /work/data/metaworld_small --out runs/harp_quality \
+        --tokenizer-minutes 10 --transformer-minutes 15 --threads 2
+
+Stage 1 trains the VQ-GAN on frames of the train split, stage 2 the transformer on cached codes of train clips
+(context 2 + future 10), each for a fixed wall-clock budget with AdamW (warm-up, cosine over the budget).
+Reports tokenizer reconstruction PSNR on all test-split frames and action-conditioned prediction PSNR / SSIM over
+the 10 future frames of test clips next to the copy-last-context-frame baseline; writes results.json, a PNG
+strip (context | truth | prediction rows for demos of different tasks) and the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import foresight
+from foresight.data.clips import ClipDataset
+from foresight.data.episodes import EpisodeDataset
+from foresight.metrics.image import psnr, ssim
+from foresight.models.harp import Harp, HarpConfig
+from foresight.viz import save_strip
+
+
+def train_for(model: Harp, next_batch, minutes: float, lr: float, warmup: int, log) -> int:
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    budget, t0, step, est_total = minutes * 60, time.perf_counter(), 0, None
+    model.train()
+    while time.perf_counter() - t0 < budget:
+        elapsed = time.perf_counter() - t0
+        if step == 20:
+            est_total = max(int(budget / (elapsed / 20)), 40)
+        if step < warmup:
+            factor = (step + 1) / warmup
+        elif est_total:
+            factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / est_total, 1.0)))
+        else:
+            factor = 1.0
+        for g in opt.param_groups:
+            g["lr"] = lr * factor
+        loss, metrics = model(next_batch())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 25 == 0:
+            log({"stage": model.stage, "step": step, "s": round(time.perf_counter() - t0, 1), "loss": float(loss.detach()),
+                 **{k: round(v, 4) for k, v in metrics.items()}})
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="/work/data/metaworld_small")
+    ap.add_argument("--out", default="runs/harp_quality")
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--tokenizer-minutes", type=float, default=10)
+    ap.add_argument("--transformer-minutes", type=float, default=15)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--eval-clips", type=int, default=40)
+    ap.add_argument("--cache-step", type=int, default=1, help="window step of the stage-2 clips (cached once)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-only", default=None, help="evaluate a saved model directory instead of training")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = open(out / "log.jsonl", "a")
+
+    def log(row):
+        print(json.dumps(row), flush=True)
+        log_file.write(json.dumps(row) + "\n")
+        log_file.flush()
+
+    cfg = foresight.preset(HarpConfig, args.preset)
+    c, f = cfg.context_frames, cfg.future_frames
+    train_eps, test_eps = EpisodeDataset(args.data, split="train"), EpisodeDataset(args.data, split="test")
+    train = ClipDataset(train_eps, context=c, future=f, window_step=1)
+    test = ClipDataset(test_eps, context=c, future=f, window_step=1, task_names=train.task_names)
+    log({"train_episodes": len(train_eps), "test_episodes": len(test_eps), "train_clips": len(train),
+         "test_clips": len(test), "config": foresight.config.to_dict(cfg)})
+    rng = np.random.default_rng(args.seed)
+    model = Harp(cfg)
+
+    test_frames = torch.cat([torch.from_numpy(e["frames"]).permute(0, 3, 1, 2).float() / 255 for e in test_eps])
+    if args.eval_only:
+        model = foresight.load(args.eval_only)
+        steps1 = steps2 = None
+    else:
+        # ---- stage 1: tokenizer
+        model.set_stage("tokenizer")
+        steps1 = train_for(model, lambda: train.get_batch(rng.integers(0, len(train), args.batch), rng=rng),
+                           args.tokenizer_minutes, lr=1e-3, warmup=50, log=log)
+        model.eval()
+        with torch.no_grad():
+            rec = model.decode(model.encode(test_frames))
+        rec_psnr = float(psnr(rec, test_frames).mean())
+        log({"tokenizer_steps": steps1, "test_frames": len(test_frames), "reconstruction_psnr": rec_psnr})
+
+        # ---- stage 2: transformer on cached codes (clips every cache_step-th start: fewer frames to encode once)
+        model.set_stage("transformer")
+        sub = ClipDataset(train_eps, context=c, future=f, window_step=args.cache_step, task_names=train.task_names)
+        t0 = time.perf_counter()
+        cached = model.stage_dataset(sub, "transformer")
+        log({"cached_clips": len(cached), "cache_s": round(time.perf_counter() - t0, 1)})
+        keys = [k for k in ("codes", "actions", "context") if k in cached.extras or k == "codes"]
+
+        def next_codes():
+            idx = rng.integers(0, len(cached), args.batch).tolist()
+            return {k: torch.stack([cached[i][k] for i in idx]) for k in keys}
+
+        steps2 = train_for(model, next_codes, args.transformer_minutes, lr=1e-3, warmup=50, log=log)
+        model.eval()
+        model.save_pretrained(out / "model")
+
+    # ---- evaluation on held-out clips, spread over all test episodes
+    idx = np.linspace(0, len(test) - 1, min(args.eval_clips, len(test))).round().astype(int)
+    batch = test.get_batch(idx, augment=False)
+    frames, actions = batch["frames"], batch["actions"]
+    context, truth, fut_actions = frames[:, :c], frames[:, c:], actions[:, c - 1:]
+    copy_last = context[:, -1:].expand_as(truth)
+    model.eval()
+    if args.eval_only:
+        with torch.no_grad():
+            rec_psnr = float(psnr(model.decode(model.encode(test_frames)), test_frames).mean())
+    results = {"tokenizer_steps": steps1, "transformer_steps": steps2, "reconstruction_psnr": rec_psnr,
+               "eval_clips": len(idx), "budget_minutes": [args.tokenizer_minutes, args.transformer_minutes],
+               "threads": args.threads}
+    results["copy_last"] = {"psnr": float(psnr(copy_last, truth).mean()), "ssim": float(ssim(copy_last, truth).mean())}
+    with torch.no_grad():
+        recon_truth = model.decode(model.encode(truth))
+    results["tokenizer_ceiling"] = {"psnr": float(psnr(recon_truth, truth).mean()),
+                                    "ssim": float(ssim(recon_truth, truth).mean())}
+    preds = {}
+    for name, top_k in (("harp_topk10", 10), ("harp_greedy", 1)):
+        model.config.top_k = top_k
+        t0 = time.perf_counter()
+        pred = model.predict(context, fut_actions, seed=args.seed)[:, 0]  # [B, F, 3, H, W]
+        preds[name] = pred
+        results[name] = {"psnr": float(psnr(pred, truth).mean()), "ssim": float(ssim(pred, truth).mean()),
+                         "per_frame_psnr": [round(float(v), 2) for v in psnr(pred, truth).mean(0)],
+                         "seconds": round(time.perf_counter() - t0, 1)}
+    model.config.top_k = cfg.top_k
+    results["copy_last"]["per_frame_psnr"] = [round(float(v), 2) for v in psnr(copy_last, truth).mean(0)]
+    log(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    # ---- PNG strip: one clip from each of a few different tasks
+    tasks = batch["task"].tolist()
+    picks, seen = [], set()
+    for i, t in enumerate(tasks):
+        if t not in seen:
+            seen.add(t)
+            picks.append(i)
+    rows = []
+    for i in picks[:4]:
+        pad = torch.zeros_like(context[i])
+        rows += [torch.cat([context[i], truth[i]]), torch.cat([pad, preds["harp_topk10"][i]])]
+    save_strip(out / "harp_strip.png", rows)
+    log({"strip": str(out / "harp_strip.png"), "rows": "per demo: [context | truth], [blank | HARP top-k 10]",
+         "tasks": [test.task_names[tasks[i]] for i in picks[:4]]})
+
+
+if __name__ == "__main__":
+    main()
