@@ -1,6 +1,7 @@
 """Demo-collection speed: per-frame cost breakdown in one process, then a parallel collection run.
 
     python benchmarks/bench_collect.py --tasks 6 --demos-per-task 3 --workers 2 --out /tmp/bench_collect
+    python benchmarks/bench_collect.py --success-only --demos-per-task 20   # expert success, all 50 tasks
 
 Reports render and physics milliseconds per step, seconds per demo, frames per second over the pool, and the
 projected wall time of the full 2,500-demo MT50 collection at the measured rate. The load average is printed
@@ -47,6 +48,51 @@ def step_breakdown(task: str, steps: int, image_size: int) -> dict[str, float]:
             "physics_cpu_ms": 1000 * c_phys / steps, "render_cpu_ms": 1000 * c_render / steps}
 
 
+_ENV: dict = {}
+
+
+def _success_job(job: tuple[str, int]) -> tuple[str, int, int | None, int]:
+    from envs.demos import rollout_expert
+
+    task, v = job
+    if _ENV.get("task") != task:
+        _ENV.update(task=task, env=make_env(task, image_size=16), policy=expert_policy(task))
+    _ENV["env"].set_variation(v)
+    ep, first = rollout_expert(_ENV["env"], _ENV["policy"], render=False)
+    return task, v, first, len(ep["states"])
+
+
+def expert_success(variations: int, workers: int, out: str | None) -> None:
+    """Physics-only expert rollouts (the collection protocol without pixels) on variations 0..N-1 of all 50."""
+    import json
+    import multiprocessing as mp
+    from collections import defaultdict
+
+    from tqdm import tqdm
+
+    jobs = [(t, v) for t in MT50_TASKS for v in range(variations)]
+    res: dict = defaultdict(list)
+    t0 = time.perf_counter()
+    with mp.get_context("forkserver").Pool(workers) as pool:
+        for task, v, first, length in tqdm(pool.imap_unordered(_success_job, jobs), total=len(jobs)):
+            res[task].append((v, first, length))
+    rows, perfect = [], 0
+    for task in MT50_TASKS:
+        ok = sum(f is not None for _, f, _ in res[task])
+        perfect += ok == variations
+        firsts = [f for _, f, _ in res[task] if f is not None]
+        rows.append({"task": task, "success": ok, "n": variations,
+                     "mean_first_success": float(np.mean(firsts)) if firsts else None,
+                     "failed_variations": sorted(v for v, f, _ in res[task] if f is None)})
+        print(f"{task:32s} {ok:3d}/{variations}  first success at step "
+              f"{rows[-1]['mean_first_success'] or float('nan'):6.1f}  failed {rows[-1]['failed_variations']}")
+    print(f"tasks at 100%: {perfect}/50; overall {sum(r['success'] for r in rows)}/{50 * variations}; "
+          f"{time.perf_counter() - t0:.0f} s; load average {os.getloadavg()}")
+    if out:
+        with open(out, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tasks", type=int, default=6, help="first N tasks, spread over MT50 (every 50/N-th)")
@@ -54,7 +100,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--out", default="/tmp/bench_collect")
+    p.add_argument("--success-only", action="store_true", help="expert success on all 50 tasks, no pixels")
+    p.add_argument("--json", default=None, help="write the --success-only table here")
     a = p.parse_args()
+    if a.success_only:
+        expert_success(a.demos_per_task, a.workers, a.json)
+        return
     b = step_breakdown("pick-place-v3", 60, a.image_size)
     print(f"one process, {a.image_size}px: physics+policy {b['physics_ms']:.1f} ms/step wall "
           f"({b['physics_cpu_ms']:.1f} CPU), render {b['render_ms']:.1f} ms/frame wall ({b['render_cpu_ms']:.1f} CPU)")

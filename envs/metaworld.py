@@ -140,7 +140,11 @@ def make_renderer(model: mujoco.MjModel, image_size: int) -> mujoco.Renderer:
     model.vis.quality.offsamples = 0  # multisampling off (must be set before the GL context exists)
     model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), image_size)
     model.vis.global_.offheight = max(int(model.vis.global_.offheight), image_size)
-    renderer = mujoco.Renderer(model, height=image_size, width=image_size)
+    try:
+        renderer = mujoco.Renderer(model, height=image_size, width=image_size)
+    except Exception as e:  # mujoco.FatalError when mujoco was imported before MUJOCO_GL was set
+        raise RuntimeError(f"cannot create an offscreen renderer (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}): "
+                           "import envs (or set MUJOCO_GL=egl) before the first `import mujoco`") from e
     for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                  mujoco.mjtRndFlag.mjRND_SKYBOX):
         renderer.scene.flags[flag] = 0
@@ -234,7 +238,15 @@ class MetaWorldImageEnv(gym.Env):
             self.set_variation(options["variation_seed"])
         elif seed is not None:
             self.set_variation(seed)
-        state, _ = self._env.reset()
+        self._env.reset()
+        # Meta-World builds the reset observation before updating kinematics, so it (and a frame rendered now)
+        # would show object positions left over from the previous episode. Recompute both from the actual
+        # reset state: the first observation then depends only on (task, variation).
+        m, d = self._env.model, self._env.data
+        mujoco.mj_forward(m, d)
+        current = self._env._get_curr_obs_combined_no_goal()
+        self._env._prev_obs = current.copy()  # frame stacking: at reset the "previous" step is the current one
+        state = self._env._get_obs()
         self._state_obs = np.asarray(state, dtype=np.float64)
         self._image = self._render_now()
         info = {"success": 0.0, "task": self.task_name, "variation_seed": self.variation_seed}
@@ -318,6 +330,9 @@ class MetaWorldImageEnv(gym.Env):
             self.reset()
         mujoco.mj_setState(m, d, phys, _STATE_SPEC)
         mujoco.mj_forward(m, d)  # derived quantities (positions for rendering and observations)
+        # mj_forward also overwrites the solver warm start (qacc_warmstart, part of the state); put it back so the
+        # next step starts from exactly the saved state
+        mujoco.mj_setState(m, d, phys, _STATE_SPEC)
         for k, v in sim_state["python"].items():
             setattr(self._env, k, copy.deepcopy(v))
         self._state_obs = np.array(sim_state["state_obs"], dtype=np.float64)
@@ -339,7 +354,9 @@ def expert_policy(task_name: str) -> Callable[[np.ndarray], np.ndarray]:
     policy = ENV_POLICY_MAP[task_name]()
 
     def act(state: np.ndarray) -> np.ndarray:
-        return np.clip(np.asarray(policy.get_action(np.asarray(state, np.float64)), np.float32), -1.0, 1.0)
+        # np.array copies: some scripted policies edit the observation they are given in place (door-open
+        # shifts the handle x by -0.05), which would corrupt the caller's recorded state
+        return np.clip(np.asarray(policy.get_action(np.array(state, np.float64)), np.float32), -1.0, 1.0)
 
     act.__name__ = f"expert[{task_name}]"
     return act

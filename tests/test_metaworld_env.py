@@ -31,6 +31,12 @@ def test_task_list_and_policies():
     assert all(t.endswith("-v3") for t in MT50_TASKS)
     for t in MT50_TASKS:
         expert_policy(t)  # every task has a scripted expert
+    env = make_env("door-open-v3", image_size=16)
+    state = env.reset()[0]["state"]
+    before = state.copy()
+    expert_policy("door-open-v3")(state)
+    np.testing.assert_array_equal(state, before)  # the expert must not edit the caller's observation
+    env.close()
     with pytest.raises(ValueError, match="unknown"):
         make_env("reach-v2")
 
@@ -68,6 +74,23 @@ def test_same_seed_and_actions_give_identical_frames():
     assert runs[0][0].std(axis=0).max() > 0  # the arm moved: frames differ over time
 
 
+def test_reset_does_not_depend_on_the_previous_episode():
+    """Meta-World's own reset observation is built from stale kinematics; ours must not be."""
+    fresh = make_env("door-open-v3", variation_seed=0, image_size=32)
+    first = fresh.reset()[0]
+    used = make_env("door-open-v3", variation_seed=0, image_size=32)
+    used.reset()
+    policy = expert_policy("door-open-v3")
+    obs = used.reset()[0]
+    for _ in range(80):  # open the door
+        obs = used.step(policy(obs["state"]))[0]
+    again = used.reset()[0]
+    np.testing.assert_array_equal(again["state"], first["state"])
+    np.testing.assert_array_equal(again["image"], first["image"])
+    fresh.close()
+    used.close()
+
+
 def test_variation_seeds_select_variations():
     env = make_env("pick-place-v3", variation_seed=0, image_size=32)
     first0 = env.reset()[0]
@@ -82,7 +105,7 @@ def test_variation_seeds_select_variations():
 
 
 def test_sim_state_clone_is_exact():
-    acts = random_actions(14, 1)
+    acts = random_actions(16, 1)
     a = make_env("door-open-v3", variation_seed=2, image_size=32)
     a.reset()
     for act in acts[:6]:
@@ -91,6 +114,7 @@ def test_sim_state_clone_is_exact():
     cont_a = [a.step(act)[0] for act in acts[6:]]
     b = make_env("door-open-v3", variation_seed=2, image_size=32)
     obs_b = b.set_sim_state(saved)
+    np.testing.assert_array_equal(b.get_sim_state()["physics"], saved["physics"])  # incl. solver warm start
     cont_b = [b.step(act)[0] for act in acts[6:]]
     for oa, ob in zip(cont_a, cont_b):
         np.testing.assert_array_equal(oa["image"], ob["image"])
