@@ -71,23 +71,23 @@ class MT50BCConfig:
     # --- world-model pretraining (action-free, 1 context frame + future_frames)
     world_model: str = ""                   # a pretrained HARP checkpoint; empty: pretrain one here
     harp_preset: str = "quick"
-    future_frames: int = 5                  # HARP Meta-World: 11
+    future_frames: int = 3                  # HARP Meta-World: 11
     harp_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"layers": 4}
     tokenizer: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=1500, batch_size=16, lr=1e-3, warmup_steps=100, eval_every=500, save_every=500))
+        steps=600, batch_size=16, lr=1e-3, warmup_steps=50, eval_every=300, save_every=200))
     transformer: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=1500, batch_size=16, lr=1e-3, warmup_steps=100, eval_every=500, save_every=500))
+        steps=600, batch_size=16, lr=1e-3, warmup_steps=50, eval_every=300, save_every=200))
     # --- behaviour cloning
     methods: tuple[str, ...] = ("harp", "vq_transformer", "cnn_lstm", "cnn_transformer")
     baseline_preset: str = "quick"          # size of the CNN baselines (paper: ResNet-50 trunks)
     bc: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=600, batch_size=20, lr=3e-4, warmup_steps=50, eval_every=300, save_every=300))
+        steps=300, batch_size=16, lr=3e-4, warmup_steps=30, eval_every=150, save_every=100))
     augment_shift: int = 4                  # HARP: m = 4
     inverse_weight: float = 1.0             # weight of the inverse-dynamics auxiliary loss
     seeds: tuple[int, ...] = (0,)
     # --- evaluation
     eval_trials: int = 5                    # held-out variations per task (paper: 10)
-    eval_max_steps: int = 500               # success at any step within this many steps
+    eval_max_steps: int = 200               # success at any step within this many steps (paper: 500)
     record_videos: int = 1                  # rollouts per task kept as GIFs (seed 0)
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
