@@ -316,8 +316,12 @@ class MetaWorldImageEnv(gym.Env):
         return {"task": self.task_name, "variation_seed": self.variation_seed, "physics": phys,
                 "python": py, "state_obs": None if self._state_obs is None else self._state_obs.copy()}
 
-    def set_sim_state(self, sim_state: dict[str, Any]) -> dict:
-        """Restore a state from `get_sim_state` of an env with the same task and variation; returns the obs."""
+    def set_sim_state(self, sim_state: dict[str, Any], *, render: bool = True) -> dict | None:
+        """Restore a state from `get_sim_state` of an env with the same task and variation; returns the obs.
+
+        ``render=False`` skips rendering the restored frame (returns None; `render()` draws it on demand): the
+        cheap path for planners that restore many times. Restoring is exact, including the solver warm start.
+        """
         if sim_state["task"] != self.task_name or sim_state["variation_seed"] != self.variation_seed:
             raise ValueError(f"sim state is for ({sim_state['task']}, variation {sim_state['variation_seed']}), "
                              f"this env is ({self.task_name}, variation {self.variation_seed})")
@@ -336,6 +340,9 @@ class MetaWorldImageEnv(gym.Env):
         for k, v in sim_state["python"].items():
             setattr(self._env, k, copy.deepcopy(v))
         self._state_obs = np.array(sim_state["state_obs"], dtype=np.float64)
+        if not render:
+            self._image = None
+            return None
         self._image = self._render_now()
         return self._obs()
 

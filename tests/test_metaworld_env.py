@@ -119,7 +119,10 @@ def test_sim_state_clone_is_exact():
     for oa, ob in zip(cont_a, cont_b):
         np.testing.assert_array_equal(oa["image"], ob["image"])
         np.testing.assert_array_equal(oa["state"], ob["state"])
-    # restoring into the same env rewinds it
+    # restoring into the same env rewinds it; the no-render path restores the same state
+    assert a.set_sim_state(saved, render=False) is None
+    np.testing.assert_array_equal(a.get_sim_state()["physics"], saved["physics"])
+    np.testing.assert_array_equal(a.render(), obs_b["image"])
     obs_a = a.set_sim_state(saved)
     np.testing.assert_array_equal(obs_a["image"], obs_b["image"])
     with pytest.raises(ValueError, match="variation"):
