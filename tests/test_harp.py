@@ -270,6 +270,7 @@ def test_clip_dataset_fast_cache_matches_clip_by_clip():
     episodes = [{"frames": (clips["frames"][i].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
                  "actions": clips["actions"][i].numpy(), "task": f"task{i}"} for i in range(2)]
     ds = ClipDataset(episodes, context=1, future=3, window_step=2, with_states=False)
+    assert model._is_plain_clip_dataset(ds)  # the frame-level path, not clip by clip
     fast = model.stage_dataset(ds, "transformer")
     slow = model.cache_codes([ds[i] for i in range(len(ds))])
     assert len(fast) == len(ds) == len(slow)

@@ -183,7 +183,7 @@ class Harp(WorldModel):
     @staticmethod
     def _is_plain_clip_dataset(dataset: Any) -> bool:
         frames = getattr(dataset, "frames", None)
-        return (isinstance(frames, np.ndarray) and frames.ndim == 4 and frames.shape[-1] == 3
+        return (isinstance(frames, np.ndarray) and frames.ndim == 4 and 3 in (frames.shape[1], frames.shape[-1])
                 and all(hasattr(dataset, a) for a in ("starts", "stride", "clip_length", "get_batch"))
                 and getattr(dataset, "augment_shift", 1) == 0)
 
@@ -194,11 +194,15 @@ class Harp(WorldModel):
         was_training = self.training
         self.eval()
         try:
+            # stored frames uint8 [N, 3, H, W] (or [N, H, W, 3]): bring a gather to [..., 3, H, W]
+            chw = dataset.frames.shape[1] == 3
+            to_chw = (lambda a: torch.from_numpy(np.ascontiguousarray(a))) if chw else (
+                lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, -3))))
             fidx = dataset.starts[:, None] + np.arange(dataset.clip_length)[None] * dataset.stride  # [clips, T]
             used = np.unique(fidx)
             codes = []
             for i in tqdm(range(0, len(used), batch_size), desc="HARP: caching frame codes", leave=False):
-                chunk = torch.from_numpy(dataset.frames[used[i:i + batch_size]]).permute(0, 3, 1, 2)  # [b, 3, H, W]
+                chunk = to_chw(dataset.frames[used[i:i + batch_size]])  # [b, 3, H, W] uint8
                 codes.append(self.encode(_as_float_frames(chunk).to(self.device)).cpu())
             dtype = torch.int16 if self.config.codebook_size <= 32767 else torch.int32
             per_frame = torch.cat(codes).to(dtype)  # [U, h, w]
@@ -211,8 +215,7 @@ class Harp(WorldModel):
                     extras["task"].append(batch["task"])
             out = {k: torch.cat(v) for k, v in extras.items() if v}
             if self.config.context_resnet:
-                ctx = dataset.frames[fidx[:, :self.context_frames]]  # [clips, C, H, W, 3] uint8
-                out["context"] = torch.from_numpy(ctx).permute(0, 1, 4, 2, 3).contiguous()
+                out["context"] = to_chw(dataset.frames[fidx[:, :self.context_frames]])  # [clips, C, 3, H, W] uint8
         finally:
             self.train(was_training)
         return CachedCodes(clip_codes, out)
