@@ -18,7 +18,6 @@ frame (documented, not hidden: use ``render_steps="all"`` for videos).
 
 from __future__ import annotations
 
-import copy
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -26,7 +25,6 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
-import mujoco
 import numpy as np
 import torch
 
@@ -36,7 +34,6 @@ from foresight.world_model import WorldModel
 
 __all__ = ["SimulatorConfig", "SimulatorWorldModel"]
 
-_STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION  # the same spec MetaWorldImageEnv.get_sim_state uses
 
 
 @dataclass
@@ -109,12 +106,9 @@ class SimulatorWorldModel(WorldModel):
         return state
 
     def _restore(self, state: dict[str, Any], horizon: int) -> None:
-        # set_sim_state without its render: mj_setState + forward + Meta-World's per-step Python attributes.
+        # The env's own restore (exact, solver warm start included), without rendering the restored frame.
+        self.env.set_sim_state(state, render=False)
         raw = self.env.unwrapped_metaworld
-        mujoco.mj_setState(raw.model, raw.data, state["physics"], _STATE_SPEC)
-        mujoco.mj_forward(raw.model, raw.data)
-        for k, v in state["python"].items():
-            setattr(raw, k, copy.copy(v) if isinstance(v, np.ndarray) else copy.deepcopy(v))
         # Near the episode limit the clone would refuse to step; the step counter only drives truncation, so
         # pulling it back lets imagination run the full horizon.
         if hasattr(raw, "curr_path_length"):
