@@ -74,14 +74,14 @@ class MT50BCConfig:
     future_frames: int = 3                  # HARP Meta-World: 11
     harp_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"layers": 4}
     tokenizer: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=600, batch_size=16, lr=1e-3, warmup_steps=50, eval_every=300, save_every=200))
+        steps=400, batch_size=8, lr=1e-3, warmup_steps=40, eval_every=200, save_every=100))
     transformer: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=600, batch_size=16, lr=1e-3, warmup_steps=50, eval_every=300, save_every=200))
+        steps=400, batch_size=16, lr=1e-3, warmup_steps=40, eval_every=200, save_every=100))
     # --- behaviour cloning
     methods: tuple[str, ...] = ("harp", "vq_transformer", "cnn_lstm", "cnn_transformer")
     baseline_preset: str = "quick"          # size of the CNN baselines (paper: ResNet-50 trunks)
     bc: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=300, batch_size=16, lr=3e-4, warmup_steps=30, eval_every=150, save_every=100))
+        steps=250, batch_size=16, lr=3e-4, warmup_steps=25, eval_every=125, save_every=50))
     augment_shift: int = 4                  # HARP: m = 4
     inverse_weight: float = 1.0             # weight of the inverse-dynamics auxiliary loss
     seeds: tuple[int, ...] = (0,)
@@ -89,6 +89,7 @@ class MT50BCConfig:
     eval_trials: int = 5                    # held-out variations per task (paper: 10)
     eval_max_steps: int = 200               # success at any step within this many steps (paper: 500)
     record_videos: int = 1                  # rollouts per task kept as GIFs (seed 0)
+    threads: int = 0                        # torch threads for training (0: all cores; 1 if another job shares them)
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {},
@@ -347,7 +348,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--preset"), None)
     name = name or next((a.split("=", 1)[1] for a in argv if a.startswith(("--preset=", "preset="))), "cpu")
     cfg = merge(cfg, {"preset_name": name})
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # OpenMP threads that compete with another busy process for the same cores spin and slow small convs ~10x.
+    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
     return run(cfg)
 
 
