@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from envs.demos import SUCCESS_TAIL, collect_demos, format_summary
 from envs.metaworld import MT10_TASKS, MT50_TASKS, CameraConfig
-from foresight.data.episodes import atomic_write_bytes
+from foresight.checkpoint import atomic_write_bytes
 
 
 @dataclass

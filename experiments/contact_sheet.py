@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from envs.metaworld import MT50_TASKS, make_env
-from foresight.data.episodes import atomic_write_bytes
+from foresight.checkpoint import atomic_write_bytes
 
 
 def contact_sheet(image_size: int = 128, variation_seed: int = 0, columns: int = 10) -> Image.Image:

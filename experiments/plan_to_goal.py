@@ -32,6 +32,7 @@ import torch
 
 from agents.mpc import GripperHeuristic, RandomActionAgent, VisualMPC, run_episode
 from agents.optimizers import make_optimizer
+from foresight.checkpoint import atomic_write_bytes
 from foresight.config import build_config, dump_yaml, to_dict
 
 TASKS5 = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3", "door-open-v3", "push-v3")
@@ -71,20 +72,6 @@ class PlanToGoalConfig:
     name: str = ""                         # run directory name (default: {model}__{agent/planner}__{seed}__{time})
     device: str = "auto"                   # model device: auto | cpu | cuda
     threads: int = 1                       # torch CPU threads
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> None:
@@ -201,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = cfg.name or f"{model_tag}__{what}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.out) / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / "config.yaml", dump_yaml(cfg).encode())
+    atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
     learned = _load_model(cfg, device) if cfg.agent == "mpc" else None
 
     rows = []
@@ -244,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "overall": _aggregate(rows),
             "per_task": {t: _aggregate([r for r in rows if r["task"] == t]) for t in dict.fromkeys(r["task"] for r in rows)},
         }}
-        _atomic_write(run_dir / "eval_info.json", (json.dumps(info, indent=2) + "\n").encode())  # after every episode
+        atomic_write_bytes(run_dir / "eval_info.json", (json.dumps(info, indent=2) + "\n").encode())  # after every episode
     print(json.dumps(info["aggregated"]["overall"], indent=2))
     print(f"wrote {run_dir / 'eval_info.json'}")
     return info

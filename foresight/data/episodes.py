@@ -32,7 +32,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
+
+from foresight.checkpoint import atomic_write_bytes
 
 __all__ = [
     "CorruptEpisodeError",
@@ -95,33 +96,6 @@ class EpisodeRecord:
 # --------------------------------------------------------------------------------------------- files
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def validate_episode(ep: dict[str, np.ndarray], *, name: str = "episode") -> None:
