@@ -175,3 +175,14 @@ def test_ddp_two_gloo_processes_match_one_process_with_combined_batch(tmp_path):
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
     assert not torch.equal(single["encoder.0.weight"], ConvPredictor(preset(ConvPredictorConfig, "tiny")).state_dict()["encoder.0.weight"])
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_training_and_checkpoint(tmp_path):
+    data = SyntheticClips(32, image_size=16)
+    trainer = Trainer(make_model(), data, config=train_config(steps=10, device="cuda"), run_dir=tmp_path / "r")
+    assert trainer.device.type == "cuda" and trainer.autocast_dtype == torch.bfloat16
+    trainer.fit()
+    losses = read_losses(tmp_path / "r")
+    assert losses[10] < losses[1]
+    assert foresight.load(tmp_path / "r").device.type == "cpu"  # checkpoints load anywhere
