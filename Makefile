@@ -33,7 +33,7 @@ test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-all: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not gpu"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "slow or not slow"
 
 clean-venv:
 	rm -rf $(VENV)
