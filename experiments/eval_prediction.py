@@ -12,7 +12,9 @@ future actions and draws ``--num-samples`` futures. Written to ``--out`` (defaul
 * ``strip.png``: for a few clips, one row with context + truth, then rows with context + samples (the best sample
   by LPIPS, or PSNR when LPIPS is off, first).
 
-RoboNet clips work the same way once converted to an episode store (experiments/convert_robonet.py).
+RoboNet: ``--robonet-dir FOLDER [--robonet-split LIST.txt]`` evaluates on the standard RoboNet test clips read straight
+from the HDF5 files (first C+F frames, harmonised actions); a converted episode store (experiments/convert_robonet.py)
+works through ``--data-root`` like Meta-World.
 Memory: the predictions are held as float32, num_clips * num_samples * future * 3 * H * W * 4 bytes.
 """
 
@@ -41,7 +43,10 @@ from foresight.viz import save_png, save_strip  # noqa: E402
 @dataclass
 class Args:
     checkpoint: str = ""  # saved model directory (foresight.load)
-    data_root: str = "data/metaworld_64"  # episode store, or "synthetic"
+    data_root: str = "data/metaworld_64"  # episode store, or "synthetic" (ignored with --robonet-dir)
+    robonet_dir: str = ""  # a folder of RoboNet .hdf5 files: evaluate on their standard clips directly
+    robonet_split: str = ""  # file listing the test files (the common 256-file list); empty: every file
+    robonet_camera: int = 0  # camera index of the RoboNet clips
     split: str = "test"  # held-out split of the episode store
     tasks: str = ""  # comma-separated task names to keep (empty: all)
     num_clips: int = 256  # test clips, evenly spread over the split
@@ -79,7 +84,14 @@ def parse(argv=None) -> Args:
 
 def load_clips(args: Args, *, context: int, future: int, image_size: int, action_dim: int) -> dict[str, torch.Tensor]:
     """``num_clips`` held-out clips: frames [N, C+F, 3, H, W], actions [N, C+F-1, A]."""
-    if args.data_root == "synthetic":
+    if args.robonet_dir:
+        # The RoboNet protocol: the first C+F frames of each listed file, actions harmonised to the model's width.
+        from foresight.data.robonet import standard_test_clips
+
+        ds = standard_test_clips(args.robonet_dir, args.robonet_split or None, image_size=image_size,
+                                 context_frames=context, future_frames=future, camera=args.robonet_camera,
+                                 target_adim=max(action_dim, 4))
+    elif args.data_root == "synthetic":
         from foresight.testing import SyntheticClips
 
         ds = SyntheticClips(args.num_clips, context_frames=context, future_frames=future, image_size=image_size,
