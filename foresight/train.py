@@ -260,6 +260,8 @@ class Trainer:
         if stage is not None:
             self.model.set_stage(stage)
         self.stage = getattr(self.model, "stage", None)
+        # Sample videos need frames; a stage dataset may hold something else (HARP's codes), so keep the clips.
+        self._sample_source = eval_dataset if eval_dataset is not None else train_dataset
         self.train_dataset = self.model.stage_dataset(train_dataset, self.stage) if hasattr(self.model, "stage_dataset") else train_dataset
         self.eval_dataset = (self.model.stage_dataset(eval_dataset, self.stage)
                              if eval_dataset is not None and hasattr(self.model, "stage_dataset") else eval_dataset)
@@ -440,9 +442,8 @@ class Trainer:
         """Write a PNG strip and GIFs of context / truth / prediction for a few eval (or train) clips."""
         if not self.is_main or not hasattr(self.model, "sample_video"):
             return None
-        source = self.eval_dataset if self.eval_dataset is not None else self.train_dataset
         with _preserved_rng():
-            return self._write_samples(source, num_clips)
+            return self._write_samples(self._sample_source, num_clips)
 
     def _write_samples(self, source: Dataset, num_clips: int) -> Path | None:
         try:

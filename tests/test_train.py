@@ -186,3 +186,17 @@ def test_cuda_bf16_training_and_checkpoint(tmp_path):
     losses = read_losses(tmp_path / "r")
     assert losses[10] < losses[1]
     assert foresight.load(tmp_path / "r").device.type == "cpu"  # checkpoints load anywhere
+
+
+def test_sample_videos_come_from_clips_when_the_stage_trains_on_a_cache(tmp_path):
+    from foresight.models.harp import Harp, HarpConfig
+
+    torch.manual_seed(0)
+    model = Harp(preset(HarpConfig, "tiny"))
+    data = SyntheticClips(16, image_size=16, future_frames=3)
+    cfg = train_config(steps=2, warmup_steps=1)
+    Trainer(model, data, config=cfg, run_dir=tmp_path / "tok", stage="tokenizer").fit()
+    trainer = Trainer(model, data, config=cfg, run_dir=tmp_path / "tr", stage="transformer")
+    assert "frames" not in trainer.train_dataset[0]  # the transformer trains on cached codes
+    trainer.fit()
+    assert list((tmp_path / "tr" / "videos").glob("*.png"))
