@@ -1,4 +1,5 @@
-# Two entry points for a fresh machine (Python 3.11 + pip, no GPU needed):
+# Two entry points for a fresh machine (Python 3.11 + pip, no GPU needed); `make run ARGS="--preset paper"` passes
+# arguments to the main job.
 #   make run    set up .venv and run the main job (experiments/mt50_bc.py, default settings)
 #   make test   set up .venv and run the test suite
 PYTHON ?= python3
@@ -27,7 +28,7 @@ $(STAMP):
 	touch $(STAMP)
 
 run: setup
-	$(PY) experiments/mt50_bc.py
+	$(PY) experiments/mt50_bc.py $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile
