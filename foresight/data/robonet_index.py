@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from foresight.checkpoint import atomic_write_text
 from foresight.data.robonet_io import RoboNetFileError, read_file_metadata, read_trajectory, sha256_file
 
 INDEX_FILENAME = ".robonet_index.json"
@@ -133,16 +133,7 @@ class RoboNetIndex:
     def save_cache(self) -> Path:
         """Write the index as JSON into its folder, atomically."""
         path = self.folder / INDEX_FILENAME
-        fd, tmp = tempfile.mkstemp(prefix=".robonet_index.", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": INDEX_VERSION, "rows": self.rows}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write_text(path, json.dumps({"version": INDEX_VERSION, "rows": self.rows}))
         return path
 
     # -- access -------------------------------------------------------------------------------------------
