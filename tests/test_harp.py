@@ -67,6 +67,22 @@ def test_cached_logits_equal_full_recompute():
     assert torch.allclose(cached, full, atol=1e-5, rtol=1e-4)
 
 
+def test_single_token_step_equals_general_cached_forward():
+    """The functional one-token path used by sampling computes what the module path computes."""
+    torch.manual_seed(0)
+    tr = Harp(tiny_config()).eval().transformer.transformer
+    x = torch.randn(3, 7, tr.blocks[0].ln1.normalized_shape[0])
+    with torch.no_grad():
+        ref_cache, fast_cache = tr.new_cache(7), tr.new_cache(7)
+        ref = tr(x, cache=ref_cache)  # [3, 7, D], all tokens at once
+        tr(x[:, :3], cache=fast_cache)
+        fast = torch.stack([tr.step(x[:, p], fast_cache) for p in range(3, 7)], dim=1)
+    assert fast_cache.length == 7
+    assert torch.allclose(fast, ref[:, 3:], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="overflow"):
+        tr.step(x[:, 0], fast_cache)
+
+
 @pytest.mark.parametrize("horizon", [3, 5])  # 5 > future_frames=3: the sliding scheme
 def test_cached_sampling_matches_uncached(horizon):
     torch.manual_seed(0)

@@ -130,6 +130,36 @@ class CausalTransformer(nn.Module):
     def new_cache(self, max_len: int) -> KVCache:
         return KVCache(num_layers=self.num_layers, max_len=max_len)
 
+    def step(self, x: Tensor, cache: KVCache) -> Tensor:
+        """One new token per row, inference only: ``[B, D] -> [B, D]`` hidden state; the cache advances by 1.
+
+        The same computation as ``forward(x[:, None], cache=cache)[:, 0]`` in eval mode, written with functional
+        calls on the blocks' weights: autoregressive sampling runs this once per code, where the module-call and
+        reshaping overhead of the general path costs more than the arithmetic of a small model.
+        """
+        b, d = x.shape
+        pos = cache.length
+        if pos + 1 > cache.max_len:
+            raise ValueError(f"KVCache overflow: {pos} + 1 tokens > max_len {cache.max_len}")
+        for i, blk in enumerate(self.blocks):
+            attn = blk.attn
+            heads = attn.heads
+            h = F.layer_norm(x, (d,), blk.ln1.weight, blk.ln1.bias, blk.ln1.eps)
+            q, k, v = F.linear(h, attn.qkv.weight, attn.qkv.bias).view(b, 3, heads, 1, d // heads).unbind(1)
+            if cache.keys[i] is None:
+                shape = (b, heads, cache.max_len, d // heads)
+                cache.keys[i], cache.values[i] = k.new_empty(shape), v.new_empty(shape)
+            keys, values = cache.keys[i], cache.values[i]
+            keys[:, :, pos:pos + 1] = k
+            values[:, :, pos:pos + 1] = v
+            out = F.scaled_dot_product_attention(q, keys[:, :, :pos + 1], values[:, :, :pos + 1])  # [B, Hd, 1, Dh]
+            x = x + F.linear(out.reshape(b, d), attn.proj.weight, attn.proj.bias)
+            fc1, fc2 = blk.mlp[0], blk.mlp[2]
+            h = F.layer_norm(x, (d,), blk.ln2.weight, blk.ln2.bias, blk.ln2.eps)
+            x = x + F.linear(F.gelu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+        cache.advance(1)
+        return F.layer_norm(x, (d,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+
     def forward(self, x: Tensor, *, cache: KVCache | None = None, attn_mask: Tensor | None = None) -> Tensor:
         if cache is not None and attn_mask is not None:
             raise ValueError("attn_mask cannot be combined with a KV cache")

@@ -44,12 +44,18 @@ class _Window:
         self.tr, self.frame_act, self.cache = tr, frame_act, cache
         self.known = known  # [M, L, D] contents of all codes so far (needed only without cache)
         self.length = known.shape[1]
+        if cache is not None:  # position embeddings of every slot, computed once per window
+            self.pos_table = tr.pos(torch.arange(cache.max_len, device=known.device)).to(known.dtype)  # [L_max, D]
 
     def step(self, prev_content: Tensor) -> Tensor:
         """prev_content [M, D] = content of code ``length-1`` -> logits [M, K] of code ``length``."""
         tr = self.tr
         if self.cache is not None:
-            logits = tr.prefill(prev_content[:, None], self.frame_act, self.cache)[:, 0]
+            slot = self.cache.length
+            emb = self.pos_table[slot]  # [D]
+            if self.frame_act is not None:
+                emb = emb + self.frame_act[:, slot // tr.codes_per_frame]  # [M, D]
+            logits = tr.step(prev_content, emb, self.cache)
         else:
             start = tr.start.to(self.known.dtype).expand(self.known.shape[0], 1, -1)
             x = tr.slot_inputs(torch.cat([start, self.known], dim=1), 0, self.frame_act)  # slots 0..length

@@ -127,6 +127,11 @@ class CodeTransformer(nn.Module):
         x = self.slot_inputs(content, cache.length, frame_act)
         return self.head(self.transformer(x, cache=cache))
 
+    def step(self, prev_content: Tensor, slot_emb: Tensor, cache: KVCache) -> Tensor:
+        """One slot at ``cache.length`` (inference): previous code's content [B, D] + that slot's position (and
+        action) embedding ``slot_emb`` ([D] or [B, D]) -> logits [B, K]; the cache advances by one."""
+        return self.head(self.transformer.step(prev_content + slot_emb, cache))
+
     # ------------------------------------------------------------------ per-frame features (policy heads)
     def frame_features(self, codes: Tensor, context_frames: Tensor | None, actions: Tensor | None) -> Tensor:
         """Causal per-frame features [B, T, D] of a window of T <= C+F frames.
