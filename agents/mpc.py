@@ -235,25 +235,80 @@ class VisualMPC:
 
         return f
 
-    def _replan(self, obs: Any) -> None:
-        if self.before_plan is not None:
-            self.before_plan()
-        gripper_value = None if self.gripper is None else self.gripper(obs)
-        seed = self.seed + self.t
-        context = self.context_tensor().to(self.model.device)
+    def _optimise_plan(self, context: Tensor, gripper_value: float | None, seed: int, imagine: bool) -> Tensor | None:
+        # context [C, 3, H, W] on the model's device -> sets self.plan [H, A], appends a PlanRecord and returns
+        # the chosen plan's imagined frames [H, 3, h, w] (first sample) when imagine or self.record, else None.
         t0 = time.perf_counter()
         res: PlanResult = self.planner.plan(self.objective(context, gripper_value, seed), seed=seed)
         seconds = time.perf_counter() - t0
         self.plan = self._full_actions(res.actions[None], gripper_value)[0]  # [H, A]
         self.plan_step = 0
-        imagined = None
-        if self.record:
+        video = None
+        if imagine or self.record:
             video = self._predict(self.record_model, context.to(self.record_model.device), self.plan[None],
-                                  False, seed)  # [1, S, H, 3, h, w]
-            imagined = _to_uint8(video[0, 0])
+                                  False, seed)[0, 0]  # [1, S, H, 3, h, w] -> [H, 3, h, w]
         self.records.append(PlanRecord(step=self.t, actions=self.plan.numpy().copy(), cost=res.cost,
-                                       evaluations=res.num_evaluations, seconds=seconds, imagined=imagined,
+                                       evaluations=res.num_evaluations, seconds=seconds,
+                                       imagined=_to_uint8(video) if self.record else None,
                                        iteration_costs=list(res.iteration_costs)))
+        return video
+
+    def _replan(self, obs: Any) -> None:
+        if self.before_plan is not None:
+            self.before_plan()
+        gripper_value = None if self.gripper is None else self.gripper(obs)
+        context = self.context_tensor().to(self.model.device)
+        self._optimise_plan(context, gripper_value, self.seed + self.t, imagine=False)
+
+    def plan_from(self, context: Tensor, goal_image: Any = None, *, executed: int = 0,
+                  imagine: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Plan once from given frames toward a goal image, outside the observe / act loop (e.g. when replaying
+        a recording, where the frames come from the recording rather than from the agent's own actions).
+
+        Args:
+            context: ``[C', 3, H, W]`` or ``[1, C', 3, H, W]`` float in [0, 1]; the last C frames are used,
+                resized to the model's size (fewer than C: the first one is repeated).
+            goal_image: uint8 ``[H, W, 3]`` or float ``[3, H, W]`` / ``[1, 3, H, W]``. A goal other than the
+                current one starts a new episode (`reset`: no warm start); None keeps the current goal.
+            executed: actions carried out since the previous `plan_from` call: the warm start shifts by that many
+                steps and the step counter advances with it (the optimiser / model seed is ``seed + step``, as
+                in `act`).
+            imagine: also return the model's imagined frames of the chosen plan (one extra model call).
+
+        Returns:
+            actions ``[H, A]`` float32 inside the bounds, and the imagined frames ``[H, 3, h, w]`` in [0, 1]
+            (first model sample, from ``record_model``; h = the model's image size) or None.
+        """
+        if self.gripper is not None:
+            raise ValueError("plan_from() has no observation for the gripper heuristic; use act(), or gripper=None")
+        if goal_image is not None:
+            if isinstance(goal_image, Tensor) and goal_image.ndim == 4:
+                if goal_image.shape[0] != 1:
+                    raise ValueError(f"goal_image: expected [1, 3, H, W], got {list(goal_image.shape)}")
+                goal_image = goal_image[0]
+            goal = image_to_tensor(goal_image, self.model.image_size)
+            if self.cost is None or not torch.equal(goal, self.goal_image):
+                self.reset(goal)
+        if self.cost is None:
+            raise RuntimeError("pass goal_image (or call reset(goal_image)) before plan_from()")
+        if executed < 0:
+            raise ValueError(f"executed must be >= 0, got {executed}")
+        frames = torch.as_tensor(context)
+        if frames.ndim == 5:
+            if frames.shape[0] != 1:
+                raise ValueError(f"context: expected [1, C, 3, H, W], got {list(frames.shape)}")
+            frames = frames[0]  # [C', 3, H, W]
+        if frames.ndim != 4 or frames.shape[1] != 3 or frames.shape[0] < 1:
+            raise ValueError(f"context: expected [C, 3, H, W] or [1, C, 3, H, W], got {list(frames.shape)}")
+        if executed:
+            self.planner.advance(executed)
+            self.t += executed
+        self.context = [image_to_tensor(f, self.model.image_size) for f in frames[-max(self.model.context_frames, 1):]]
+        if self.before_plan is not None:
+            self.before_plan()
+        video = self._optimise_plan(self.context_tensor().to(self.model.device), None, self.seed + self.t, imagine)
+        actions = self.plan.clamp(self.low, self.high).float().cpu()  # [H, A]
+        return actions, (None if video is None or not imagine else video.float().cpu())
 
     def act(self, obs: Any) -> np.ndarray:
         """Observe ``obs`` and return the next action, float32 ``[A]`` inside the bounds."""

@@ -11,6 +11,15 @@ the agent starts from the variation's initial state and acts for ``max_steps`` s
 
 Success is Meta-World's ``info['success']`` at any step (its convention) and at the last step; distances are
 the summed squared pixel error to the goal image and the L2 distance of hand + object position to the goal state.
+
+RoboNet (``robonet_dir=FOLDER [robonet_split=LIST.txt]``): instead of Meta-World tasks, every selected recorded
+trajectory is replayed (`envs.robonet_replay.RoboNetReplayEnv`) with its final frame as the goal. The agent re-plans
+at every recorded step from the last C recorded frames (`VisualMPC.plan_from`, the same objective and costs as above)
+and each executed action is compared with the one the robot recorded; the first plan is also scored against the
+recorded actions and frames (`score_plan`). Writes ``eval_info.json`` (per-file rows, means overall and per robot)
+and ``strips/{file}.png`` (recorded | imagined by the first plan | goal).
+
+    python experiments/plan_to_goal.py robonet_dir=data/robonet/hdf5 robonet_split=test_256.txt model=copy_last
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +81,14 @@ class PlanToGoalConfig:
     name: str = ""                         # run directory name (default: {model}__{agent/planner}__{seed}__{time})
     device: str = "auto"                   # model device: auto | cpu | cuda
     threads: int = 1                       # torch CPU threads
+    # RoboNet replay (used instead of tasks / variations when robonet_dir is set; max_steps caps the steps)
+    robonet_dir: str = ""                  # a folder of RoboNet .hdf5 files
+    robonet_split: str = ""                # file listing the files to use (one name a line); empty: every file
+    robonet_robots: tuple[str, ...] = ()   # keep only these robots (empty: all)
+    robonet_camera: int = 0                # camera stream observed
+    robonet_files: int = 0                 # use at most this many files, in index / list order (0: all)
+    robonet_adim: int = 0                  # harmonised action width, 4 or 5 (0: the model's; 4 without a model)
+    robonet_action_bound: float = 0.0      # action box [-b, b] per dim (0: per-dim max |recorded action| of the files)
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> None:
@@ -131,27 +148,37 @@ def _pixel_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a.astype(np.float32) / 255 - b.astype(np.float32) / 255) ** 2).sum())
 
 
-def _load_model(cfg: PlanToGoalConfig, device: torch.device) -> Any:
+def _load_model(cfg: PlanToGoalConfig, device: torch.device, action_dim: int | None = 4) -> Any:
+    """The planning model; ``action_dim`` is the width the data needs (None: take the checkpoint's)."""
     if cfg.model == "simulator":
         return None  # built per episode (it needs the episode's env)
     if cfg.model == "copy_last":
         from foresight.models.baselines import CopyLastConfig, CopyLastFrame
-        return CopyLastFrame(CopyLastConfig(image_size=cfg.image_size, action_dim=4, context_frames=1)).eval()
+        return CopyLastFrame(CopyLastConfig(image_size=cfg.image_size, action_dim=action_dim or 4,
+                                            context_frames=1)).eval()
     import foresight
     model = foresight.load(cfg.model, map_location=device)
-    if model.action_dim != 4:
-        raise ValueError(f"{cfg.model}: the model has action_dim={model.action_dim}; Meta-World actions are 4-D")
+    if action_dim is not None and model.action_dim != action_dim:
+        data = "RoboNet actions (robonet_adim)" if cfg.robonet_dir else "Meta-World actions"
+        raise ValueError(f"{cfg.model}: the model has action_dim={model.action_dim}; {data} are {action_dim}-D")
     return model
 
 
 def _build_agent(cfg: PlanToGoalConfig, model: Any, env: Any, record_model: Any = None,
-                 before_plan: Any = None) -> Any:
-    low, high = env.action_space.low, env.action_space.high
+                 before_plan: Any = None, *, bounds: tuple[np.ndarray, np.ndarray] | None = None,
+                 record: bool | None = None) -> Any:
+    """The agent; action bounds from ``env.action_space`` or ``bounds`` (low [A], high [A]).
+
+    ``init_std`` is in units of the box's half-width (the same number as an absolute std on Meta-World's [-1, 1]).
+    """
+    low, high = bounds if bounds is not None else (env.action_space.low, env.action_space.high)
     if cfg.agent == "random":
         return RandomActionAgent(action_low=low, action_high=high, seed=cfg.seed)
     if cfg.agent != "mpc":
         raise ValueError(f"agent must be 'mpc' or 'random', got {cfg.agent!r}")
-    kw: dict[str, Any] = {"num_samples": cfg.num_samples, "iterations": cfg.iterations, "init_std": cfg.init_std,
+    half = torch.as_tensor((np.asarray(high, np.float32) - np.asarray(low, np.float32)) / 2)
+    init_std = cfg.init_std if bool((half == 1).all()) else cfg.init_std * half  # [A] when the box is not [-1, 1]
+    kw: dict[str, Any] = {"num_samples": cfg.num_samples, "iterations": cfg.iterations, "init_std": init_std,
                           "smoothing": cfg.smoothing}
     if cfg.planner in ("cem", "icem"):
         kw.update(elite_frac=cfg.elite_frac, min_elites=cfg.min_elites, full_covariance=cfg.full_covariance)
@@ -162,16 +189,188 @@ def _build_agent(cfg: PlanToGoalConfig, model: Any, env: Any, record_model: Any 
     return VisualMPC(model, optimizer, horizon=cfg.horizon, action_low=low, action_high=high, cost=cfg.cost,
                      cost_weighting=cfg.cost_weighting, action_repeat=cfg.action_repeat,
                      replan_every=cfg.replan_every, num_model_samples=cfg.num_model_samples, gripper=gripper,
-                     record=cfg.videos, record_model=record_model,
+                     record=cfg.videos if record is None else record, record_model=record_model,
                      predict_batch_size=cfg.predict_batch_size or None, before_plan=before_plan, seed=cfg.seed)
 
 
-def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("success", "success_final", "final_pixel_distance", "initial_pixel_distance", "final_state_distance",
-            "initial_state_distance", "plan_seconds_mean", "seconds")
+METAWORLD_KEYS = ("success", "success_final", "final_pixel_distance", "initial_pixel_distance",
+                  "final_state_distance", "initial_state_distance", "plan_seconds_mean", "seconds")
+
+
+def _aggregate(rows: list[dict[str, Any]], keys: tuple[str, ...] = METAWORLD_KEYS) -> dict[str, Any]:
     agg = {k: float(np.mean([r[k] for r in rows])) for k in keys if rows and all(r.get(k) is not None for r in rows)}
     agg["episodes"] = len(rows)
     return agg
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RoboNet: plan toward the final frame of recorded trajectories, scored against what the robot did
+
+ROBONET_KEYS = ("action_mse", "action_mse_xyz", "action_mse_zero", "first_action_mse", "first_action_mse_xyz",
+                "first_frame_mse", "first_frame_psnr", "final_to_goal_mse", "initial_to_goal_mse",
+                "plan_seconds_mean", "load_seconds", "seconds")
+
+
+def _robonet_rows(cfg: PlanToGoalConfig, context_frames: int) -> list[dict[str, Any]]:
+    """Index rows of the files to replay: split list, robot / camera filters, at least C + 1 frames."""
+    from foresight.data.robonet import RoboNetIndex, read_split_file
+
+    index = RoboNetIndex.build(Path(cfg.robonet_dir).expanduser(), progress=False)
+    if cfg.robonet_split:
+        index = index.select(read_split_file(Path(cfg.robonet_split).expanduser()))
+    index = index.filter(robot=list(cfg.robonet_robots) or None, camera=cfg.robonet_camera,
+                         min_steps=context_frames + 1)
+    rows = list(index)[: cfg.robonet_files or None]
+    if not rows:
+        raise ValueError(f"no RoboNet file in {cfg.robonet_dir} to replay (split={cfg.robonet_split or 'all'}, "
+                         f"robots={list(cfg.robonet_robots) or 'all'}, camera={cfg.robonet_camera}, "
+                         f"at least {context_frames + 1} frames)")
+    return rows
+
+
+def _robonet_bounds(cfg: PlanToGoalConfig, rows: list[dict[str, Any]], adim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric action box [A]: robonet_action_bound, or the per-dim max |recorded action| over the files
+    (what a robot's action limits would give; floored at 1e-3 so that a dim never recorded still has a box)."""
+    if cfg.robonet_action_bound > 0:
+        high = np.full(adim, cfg.robonet_action_bound, np.float32)
+    else:
+        from foresight.data.robonet import harmonised_actions_of_file
+
+        high = np.zeros(adim, np.float32)
+        for r in rows:
+            a = harmonised_actions_of_file(r["path"], r, target_adim=adim)  # [T-1, A], no pixels read
+            if len(a):
+                high = np.maximum(high, np.abs(a).max(0))
+        high = np.maximum(high, 1e-3)
+    return -high, high
+
+
+def _resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    # [T, 3, h, w] -> [T, 3, size, size]
+    if frames.shape[-1] == size and frames.shape[-2] == size:
+        return frames
+    return torch.nn.functional.interpolate(frames, size=(size, size), mode="bilinear", antialias=True,
+                                           align_corners=False).clamp(0, 1)
+
+
+def _replay_file(cfg: PlanToGoalConfig, row: dict[str, Any], env: Any, get_agent: Any,
+                 strip_path: Path | None) -> dict[str, Any]:
+    """Closed-loop replay of one file; returns its eval row (and writes the strip PNG).
+
+    ``get_agent(h)``: the agent planning h steps. Near the end of the recording the plan shrinks to the frames
+    left (so a final-frame cost aims at the goal at the right time); each horizon has its own agent, whose warm
+    start is shifted by the steps executed since its previous plan.
+    """
+    from foresight.viz import save_strip
+
+    t0 = time.perf_counter()
+    last_step: dict[int, int] = {}  # horizon -> step of that agent's previous plan in this file
+    executed, recorded, plan_seconds, first = [], [], [], {}
+
+    def plan_fn(context: torch.Tensor, goal: torch.Tensor, h: int) -> torch.Tensor:
+        step = env.t - (env.context_frames - 1)
+        key = h if cfg.agent == "mpc" else 0  # one random agent for every horizon
+        agent = get_agent(h)
+        if key not in last_step:  # first use in this file: new goal, no warm start from another file
+            agent.reset(goal[0])
+        p0 = time.perf_counter()
+        if cfg.agent == "random":
+            actions, imagined = torch.from_numpy(np.stack([agent.act(None) for _ in range(h)])), None
+        else:
+            actions, imagined = agent.plan_from(context, goal, executed=step - last_step.get(key, 0), imagine=not first)
+        plan_seconds.append(time.perf_counter() - p0)
+        last_step[key] = step
+        if not first:  # the first plan, from frame C-1: score it whole against the recording
+            if imagined is not None:
+                imagined = _resize_frames(imagined, env.frames.shape[1])  # [h, 3, H, W]
+            first.update(env.score_plan(actions, predicted_frames=imagined), imagined=imagined, plan=actions)
+        executed.append(actions[0].numpy())
+        recorded.append(env.actions[env.t])
+        return actions
+
+    res = env.run_closed_loop(plan_fn, horizon=cfg.horizon)
+    seconds = time.perf_counter() - t0
+    err = np.stack(executed) - np.stack(recorded)  # [steps, A]
+    rec = np.stack(recorded)
+    goal = env.goal_image()  # [1, 3, H, W]
+    start = env.frames_tensor(env.context_frames - 1, env.context_frames)[:, 0]  # [1, 3, H, W]
+    out = {
+        "file": row["file"], "robot": row.get("robot"), "recorded_adim": row.get("adim"),
+        "frames": env.num_steps, "steps": int(res["steps"]),
+        "action_mse": float(res["action_mse"]), "action_mse_xyz": float((err[:, :3] ** 2).mean()),
+        "action_mse_zero": float((rec ** 2).mean()),  # the all-zero plan: the floor a planner must beat
+        "first_action_mse": first["action_mse"], "first_action_mse_xyz": first["action_mse_xyz"],
+        "first_frame_mse": first.get("frame_mse"), "first_frame_psnr": first.get("frame_psnr"),
+        "final_to_goal_mse": first.get("final_to_goal_mse"),
+        "initial_to_goal_mse": float((start - goal).pow(2).mean()),
+        "plans": len(plan_seconds), "plan_seconds_mean": float(np.mean(plan_seconds)), "replay_seconds": seconds,
+    }
+    if strip_path is not None:
+        h = first["plan"].shape[0]
+        c = env.context_frames - 1
+        rows = [env.frames_tensor(c, c + h + 1)[0]]  # recorded: last context frame, then the next h frames
+        if first["imagined"] is not None:
+            rows.append(torch.cat([rows[0][:1], first["imagined"]]))  # imagined by the first plan
+        rows.append(goal)
+        save_strip(strip_path, rows)
+    return out
+
+
+def run_robonet(cfg: PlanToGoalConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
+    """The RoboNet mode of `main` (``robonet_dir`` set)."""
+    from tqdm import tqdm
+
+    from envs.robonet_replay import RoboNetReplayEnv
+
+    if cfg.agent not in ("mpc", "random"):
+        raise ValueError(f"agent must be 'mpc' or 'random', got {cfg.agent!r}")
+    if cfg.robonet_adim not in (0, 4, 5):
+        raise ValueError(f"robonet_adim must be 4 or 5 (RoboNet's harmonised action widths), got {cfg.robonet_adim}")
+    if cfg.gripper:
+        raise ValueError("gripper=true scripts Meta-World's gripper from the hand height; it does not apply to RoboNet")
+    if cfg.replan_every != 1:
+        raise ValueError("RoboNet replay re-plans at every recorded step; replan_every must be 1")
+    model = None
+    if cfg.agent == "mpc":
+        model = _load_model(cfg, device, action_dim=cfg.robonet_adim or (4 if cfg.model == "copy_last" else None))
+        if model.action_dim not in (4, 5):
+            raise ValueError(f"{cfg.model}: the model has action_dim={model.action_dim}; RoboNet actions are "
+                             f"harmonised to 4 (x, y, z, theta) or 5 (+ gripper) dims")
+    adim = model.action_dim if model is not None else (cfg.robonet_adim or 4)
+    context_frames = max(model.context_frames, 1) if model is not None else 1
+    rows_in = _robonet_rows(cfg, context_frames)
+    low, high = _robonet_bounds(cfg, rows_in, adim)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
+
+    agents: dict[int, Any] = {}  # kept across files (an LPIPS cost loads its network once per agent)
+
+    def get_agent(h: int) -> Any:
+        key = h if cfg.agent == "mpc" else 0  # one random agent for every horizon
+        if key not in agents:
+            agents[key] = _build_agent(replace(cfg, horizon=h), model, None, bounds=(low, high), record=False)
+        return agents[key]
+
+    rows: list[dict[str, Any]] = []
+    info: dict[str, Any] = {}
+    for r in tqdm(rows_in, desc=f"plan_to_goal[{run_dir.name}]"):
+        t0 = time.perf_counter()
+        env = RoboNetReplayEnv(r["path"], camera=cfg.robonet_camera, image_size=cfg.image_size, target_adim=adim,
+                               context_frames=context_frames, max_steps=context_frames + cfg.max_steps, metadata=r)
+        load_seconds = time.perf_counter() - t0  # decoding + resizing the recording
+        strip = run_dir / "strips" / f"{Path(r['file']).stem}.png" if cfg.videos else None
+        row = _replay_file(cfg, r, env, get_agent, strip)
+        rows.append({**row, "load_seconds": load_seconds, "seconds": time.perf_counter() - t0})
+        robots = dict.fromkeys(x["robot"] for x in rows)
+        info = {"config": to_dict(cfg), "action_dim": adim, "context_frames": context_frames,
+                "action_low": low.tolist(), "action_high": high.tolist(), "per_file": rows, "aggregated": {
+                    "overall": _aggregate(rows, ROBONET_KEYS),
+                    "per_robot": {k: _aggregate([x for x in rows if x["robot"] == k], ROBONET_KEYS) for k in robots},
+                }}
+        atomic_write_bytes(run_dir / "eval_info.json", (json.dumps(info, indent=2) + "\n").encode())  # after every file
+    print(json.dumps(info["aggregated"]["overall"], indent=2))
+    print(f"wrote {run_dir / 'eval_info.json'}")
+    return info
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -179,14 +378,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(max(cfg.threads, 1))
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    from envs.goals import make_goal
-    from envs.metaworld import make_env
+    if cfg.robonet_dir and cfg.agent == "mpc" and cfg.model == "simulator":
+        raise ValueError("model=simulator cannot plan on RoboNet (a real robot's recording cannot be re-simulated); "
+                         "use model=copy_last or a world-model checkpoint")
     from tqdm import tqdm
 
     what = "random" if cfg.agent == "random" else cfg.planner
     model_tag = Path(cfg.model).name if cfg.model not in ("simulator", "copy_last") else cfg.model
+    if cfg.robonet_dir:
+        model_tag = f"robonet__{model_tag}"
     name = cfg.name or f"{model_tag}__{what}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.out) / name
+    if cfg.robonet_dir:
+        return run_robonet(cfg, device, run_dir)
+    from envs.goals import make_goal
+    from envs.metaworld import make_env
+
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
     learned = _load_model(cfg, device) if cfg.agent == "mpc" else None
