@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--cache-step", type=int, default=1, help="window step of the stage-2 clips (cached once)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-only", default=None, help="evaluate a saved model directory instead of training")
+    ap.add_argument("--init", default=None,
+                    help="start from a saved model directory (e.g. an earlier run's tokenizer_model): its tokenizer "
+                         "trains on for --tokenizer-minutes (0 = keep it as is), then the transformer from scratch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -91,6 +94,10 @@ def main() -> None:
          "test_clips": len(test), "config": foresight.config.to_dict(cfg)})
     rng = np.random.default_rng(args.seed)
     model = Harp(cfg)
+    if args.init:
+        model = foresight.load(args.init)
+        cfg = model.config
+        log({"init": args.init, "tokenizer_steps_before": int(model.tokenizer.step)})
 
     test_frames = torch.cat([torch.from_numpy(e["frames"]).permute(0, 3, 1, 2).float() / 255 for e in test_eps])
     if args.eval_only:
@@ -99,13 +106,20 @@ def main() -> None:
     else:
         # ---- stage 1: tokenizer
         model.set_stage("tokenizer")
-        steps1 = train_for(model, lambda: train.get_batch(rng.integers(0, len(train), args.batch), rng=rng),
-                           args.tokenizer_minutes, lr=1e-3, warmup=50, log=log)
+        steps1 = 0
+        if args.tokenizer_minutes > 0:
+            steps1 = train_for(model, lambda: train.get_batch(rng.integers(0, len(train), args.batch), rng=rng),
+                               args.tokenizer_minutes, lr=1e-3, warmup=50, log=log)
         model.eval()
+        model.save_pretrained(out / "tokenizer_model")  # lets a later run (--init) continue from here
+        if args.init:  # the codes may have changed: stage 2 starts from a fresh transformer
+            fresh = Harp(cfg)
+            fresh.tokenizer.load_state_dict(model.tokenizer.state_dict())
+            model = fresh.eval()
         with torch.no_grad():
             rec = model.decode(model.encode(test_frames))
         rec_psnr = float(psnr(rec, test_frames).mean())
-        log({"tokenizer_steps": steps1, "test_frames": len(test_frames), "reconstruction_psnr": rec_psnr})
+        log({"tokenizer_steps": steps1, "tokenizer_steps_total": int(model.tokenizer.step), "test_frames": len(test_frames), "reconstruction_psnr": rec_psnr})
 
         # ---- stage 2: transformer on cached codes (clips every cache_step-th start: fewer frames to encode once)
         model.set_stage("transformer")
@@ -133,7 +147,8 @@ def main() -> None:
     if args.eval_only:
         with torch.no_grad():
             rec_psnr = float(psnr(model.decode(model.encode(test_frames)), test_frames).mean())
-    results = {"tokenizer_steps": steps1, "transformer_steps": steps2, "reconstruction_psnr": rec_psnr,
+    results = {"init": args.init, "tokenizer_steps": steps1,
+               "tokenizer_steps_total": int(model.tokenizer.step), "transformer_steps": steps2, "reconstruction_psnr": rec_psnr,
                "eval_clips": len(idx), "budget_minutes": [args.tokenizer_minutes, args.transformer_minutes],
                "threads": args.threads}
     results["copy_last"] = {"psnr": float(psnr(copy_last, truth).mean()), "ssim": float(ssim(copy_last, truth).mean())}
