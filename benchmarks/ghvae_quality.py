@@ -187,6 +187,7 @@ def main() -> None:
     row["steps"] = steps
     results["e2e_scratch"] = row
     log({"e2e_scratch": row})
+    scratch.save_pretrained(out / "e2e_scratch")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
