@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
@@ -34,30 +33,13 @@ from foresight.metrics.image import psnr, ssim
 from foresight.models.ghvae import GHVAE, GHVAEConfig
 from foresight.viz import save_strip
 
+from _budget import jsonl_logger, train_for as _train_for
 
-def train_for(model: GHVAE, dataset, minutes: float, *, lr: float, batch: int, rng, log, warmup: int = 20) -> int:
-    """AdamW on the current stage for a wall-clock budget (warm-up, then cosine over the estimated steps)."""
-    params = model.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    budget, t0, step, est_total = minutes * 60, time.perf_counter(), 0, None
-    model.train()
-    while time.perf_counter() - t0 < budget:
-        if step == 10:
-            est_total = max(int(budget / ((time.perf_counter() - t0) / 10)), 20)
-        factor = (step + 1) / warmup if step < warmup else (
-            0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / est_total, 1.0))) if est_total else 1.0)
-        for g in opt.param_groups:
-            g["lr"] = lr * factor
-        loss, metrics = model(dataset.get_batch(rng.integers(0, len(dataset), batch), rng=rng))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        if step % 5 == 0:
-            log({"stage": model.stage, "step": step, "s": round(time.perf_counter() - t0, 1),
-                 **{k: round(v, 5) for k, v in metrics.items()}})
-    return step
+
+def train_for(model, dataset, minutes, *, lr, batch, rng, log, warmup=20):
+    """Train the current stage on random batches of ``dataset`` for a wall-clock budget."""
+    return _train_for(model, lambda: dataset.get_batch(rng.integers(0, len(dataset), batch), rng=rng), minutes,
+                      lr=lr, warmup=warmup, log=log, log_every=5, digits=5)
 
 
 @torch.no_grad()
@@ -94,12 +76,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "log.jsonl", "a")
-
-    def log(row):
-        print(json.dumps(row), flush=True)
-        log_file.write(json.dumps(row) + "\n")
-        log_file.flush()
+    log = jsonl_logger(out / "log.jsonl")
 
     cfg = foresight.preset(GHVAEConfig, args.preset)
     if args.modules:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -28,33 +27,7 @@ from foresight.metrics.image import psnr, ssim
 from foresight.models.harp import Harp, HarpConfig
 from foresight.viz import save_strip
 
-
-def train_for(model: Harp, next_batch, minutes: float, lr: float, warmup: int, log) -> int:
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    budget, t0, step, est_total = minutes * 60, time.perf_counter(), 0, None
-    model.train()
-    while time.perf_counter() - t0 < budget:
-        elapsed = time.perf_counter() - t0
-        if step == 20:
-            est_total = max(int(budget / (elapsed / 20)), 40)
-        if step < warmup:
-            factor = (step + 1) / warmup
-        elif est_total:
-            factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / est_total, 1.0)))
-        else:
-            factor = 1.0
-        for g in opt.param_groups:
-            g["lr"] = lr * factor
-        loss, metrics = model(next_batch())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
-        opt.step()
-        step += 1
-        if step % 25 == 0:
-            log({"stage": model.stage, "step": step, "s": round(time.perf_counter() - t0, 1), "loss": float(loss.detach()),
-                 **{k: round(v, 4) for k, v in metrics.items()}})
-    return step
+from _budget import jsonl_logger, train_for
 
 
 def main() -> None:
@@ -78,12 +51,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "log.jsonl", "a")
-
-    def log(row):
-        print(json.dumps(row), flush=True)
-        log_file.write(json.dumps(row) + "\n")
-        log_file.flush()
+    log = jsonl_logger(out / "log.jsonl")
 
     cfg = foresight.preset(HarpConfig, args.preset)
     c, f = cfg.context_frames, cfg.future_frames
