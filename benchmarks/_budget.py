@@ -59,3 +59,12 @@ def train_for(model: Any, next_batch: Callable[[], dict], minutes: float, *, lr:
             log({"stage": model.stage, "step": step, "s": round(time.perf_counter() - t0, 1),
                  "loss": round(float(loss.detach()), 6), **{k: round(v, digits) for k, v in metrics.items()}})
     return step
+
+
+def first_clip_per_task(tasks: list[int], limit: int) -> list[int]:
+    """Indices of the first clip of each distinct task, in order, at most ``limit`` (for strips of several tasks)."""
+    picks: list[int] = []
+    for i, t in enumerate(tasks):
+        if t not in {tasks[j] for j in picks}:
+            picks.append(i)
+    return picks[:limit]

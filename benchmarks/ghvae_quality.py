@@ -33,7 +33,7 @@ from foresight.metrics.image import psnr, ssim
 from foresight.models.ghvae import GHVAE, GHVAEConfig
 from foresight.viz import save_strip
 
-from _budget import jsonl_logger, train_for as _train_for
+from _budget import first_clip_per_task, jsonl_logger, train_for as _train_for
 
 
 def train_for(model, dataset, minutes, *, lr, batch, rng, log, warmup=20):
@@ -139,20 +139,16 @@ def main() -> None:
 
     # PNG strip from the final greedy model: one demo of each of a few tasks.
     tasks = batch["task"].tolist()
-    picks, seen = [], set()
-    for i, t in enumerate(tasks):
-        if t not in seen:
-            seen.add(t)
-            picks.append(i)
+    picks = first_clip_per_task(tasks, 4)
     rows = []
-    for i in picks[:4]:
+    for i in picks:
         pad = torch.zeros_like(context[i])
         rows.append(torch.cat([context[i], truth[i]]))
         rows += [torch.cat([pad, preds[i, s]]) for s in range(preds.shape[1])]
     save_strip(out / "ghvae_strip.png", rows)
     log({"strip": str(out / "ghvae_strip.png"),
          "rows": f"per demo: [context | truth], then {preds.shape[1]} prior samples [blank | prediction]",
-         "tasks": [test.task_names[tasks[i]] for i in picks[:4]]})
+         "tasks": [test.task_names[tasks[i]] for i in picks]})
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     # ---- the same architecture trained end to end from scratch

@@ -27,7 +27,7 @@ from foresight.metrics.image import psnr, ssim
 from foresight.models.harp import Harp, HarpConfig
 from foresight.viz import save_strip
 
-from _budget import jsonl_logger, train_for
+from _budget import first_clip_per_task, jsonl_logger, train_for
 
 
 def main() -> None:
@@ -140,18 +140,14 @@ def main() -> None:
 
     # ---- PNG strip: one clip from each of a few different tasks
     tasks = batch["task"].tolist()
-    picks, seen = [], set()
-    for i, t in enumerate(tasks):
-        if t not in seen:
-            seen.add(t)
-            picks.append(i)
+    picks = first_clip_per_task(tasks, 4)
     rows = []
-    for i in picks[:4]:
+    for i in picks:
         pad = torch.zeros_like(context[i])
         rows += [torch.cat([context[i], truth[i]]), torch.cat([pad, preds["harp_topk10"][i]])]
     save_strip(out / "harp_strip.png", rows)
     log({"strip": str(out / "harp_strip.png"), "rows": "per demo: [context | truth], [blank | HARP top-k 10]",
-         "tasks": [test.task_names[tasks[i]] for i in picks[:4]]})
+         "tasks": [test.task_names[tasks[i]] for i in picks]})
 
 
 if __name__ == "__main__":
