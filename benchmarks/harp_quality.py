@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--init", default=None,
                     help="start from a saved model directory (e.g. an earlier run's tokenizer_model): its tokenizer "
                          "trains on for --tokenizer-minutes (0 = keep it as is), then the transformer from scratch")
+    ap.add_argument("--disc-start", type=int, default=None,
+                    help="tokenizer step at which the GAN term switches on (default: the preset's / saved model's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -66,6 +68,8 @@ def main() -> None:
         model = foresight.load(args.init)
         cfg = model.config
         log({"init": args.init, "tokenizer_steps_before": int(model.tokenizer.step)})
+    if args.disc_start is not None:
+        model.config.disc_start = cfg.disc_start = args.disc_start
 
     test_frames = torch.cat([torch.from_numpy(e["frames"]).permute(0, 3, 1, 2).float() / 255 for e in test_eps])
     if args.eval_only:
