@@ -48,6 +48,8 @@ def main() -> None:
                          "trains on for --tokenizer-minutes (0 = keep it as is), then the transformer from scratch")
     ap.add_argument("--disc-start", type=int, default=None,
                     help="tokenizer step at which the GAN term switches on (default: the preset's / saved model's)")
+    ap.add_argument("--attn-dropout", type=float, default=None,
+                    help="transformer attention-probability dropout (default: the preset's / saved model's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -70,6 +72,10 @@ def main() -> None:
         log({"init": args.init, "tokenizer_steps_before": int(model.tokenizer.step)})
     if args.disc_start is not None:
         model.config.disc_start = cfg.disc_start = args.disc_start
+    if args.attn_dropout is not None:  # takes effect for the transformer built below / a fresh one
+        cfg.attn_dropout = args.attn_dropout
+        if not args.init:
+            model = Harp(cfg)
 
     test_frames = torch.cat([torch.from_numpy(e["frames"]).permute(0, 3, 1, 2).float() / 255 for e in test_eps])
     if args.eval_only:

@@ -293,3 +293,18 @@ def test_clip_dataset_fast_cache_matches_clip_by_clip():
     for i in range(len(ds)):
         for k in ("codes", "actions", "context", "task"):
             assert torch.equal(fast[i][k], slow[i][k]), k
+
+
+def test_attention_dropout_is_configured_separately():
+    from foresight.nn.transformer import CausalTransformer
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 16)
+    only_attn = CausalTransformer(dim=16, layers=1, heads=2, dropout=0.0, attn_dropout=0.5).train()
+    assert not torch.equal(only_attn(x), only_attn(x))  # attention probabilities are dropped
+    neither = CausalTransformer(dim=16, layers=1, heads=2, dropout=0.0, attn_dropout=0.0).train()
+    assert torch.equal(neither(x), neither(x))
+    same = CausalTransformer(dim=16, layers=1, heads=2, dropout=0.3)  # attn_dropout defaults to dropout
+    assert same.blocks[0].attn.dropout == 0.3
+    cfg = foresight.preset(HarpConfig, "quick")
+    assert cfg.attn_dropout == 0.0 and cfg.dropout == 0.1  # quick keeps CPU attention on the fused kernel
+    assert Harp(tiny_config(attn_dropout=0.2)).transformer.transformer.blocks[0].attn.dropout == 0.2

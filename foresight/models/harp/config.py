@@ -36,7 +36,8 @@ class HarpConfig:
     width: int = 256                     # D: token embedding / transformer width
     layers: int = 8                      # transformer blocks
     heads: int = 8                       # attention heads
-    dropout: float = 0.1                 # dropout in attention and MLP
+    dropout: float = 0.1                 # dropout on the residual branches (attention output, MLP)
+    attn_dropout: float = 0.1            # dropout on attention probabilities (0 keeps CPU attention fused)
     context_resnet: bool = True          # add a ResNet feature map of the context frames to their code embeddings
     resnet_widths: tuple[int, ...] = (64, 128, 256, 512)
     resnet_blocks: tuple[int, ...] = (2, 2, 2, 2)
@@ -57,7 +58,7 @@ class HarpConfig:
             "image_size": 64, "context_frames": 2, "future_frames": 10, "channels": 16, "channel_mult": (1, 2, 2, 4),
             "res_blocks": 1, "codebook_size": 256, "code_dim": 32, "perceptual_weight": 1.0, "disc_start": 3000,
             "disc_channels": 32, "disc_layers": 3, "tokenizer_frames_per_clip": 2, "width": 96, "layers": 3,
-            "heads": 4, "dropout": 0.1, "resnet_widths": (16, 32, 32), "resnet_blocks": (1, 1, 1),
+            "heads": 4, "dropout": 0.1, "attn_dropout": 0.0, "resnet_widths": (16, 32, 32), "resnet_blocks": (1, 1, 1),
         },
         # The paper's scale at 64x64: 16x16 codes per frame, 8192 codes, 12-layer transformer, ResNet-18 context.
         "paper": {

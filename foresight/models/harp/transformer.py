@@ -53,7 +53,8 @@ class CodeTransformer(nn.Module):
                                               downsample=config.downsample, out_channels=d)
             nn.init.zeros_(self.context_net.out.weight)  # starts as "codes only"; learns what to add
             nn.init.zeros_(self.context_net.out.bias)
-        self.transformer = CausalTransformer(dim=d, layers=config.layers, heads=config.heads, dropout=config.dropout)
+        self.transformer = CausalTransformer(dim=d, layers=config.layers, heads=config.heads, dropout=config.dropout,
+                                             attn_dropout=config.attn_dropout)
         self.head = nn.Linear(d, config.codebook_size, bias=False)
         nn.init.normal_(self.tok_emb.weight, 0.0, 0.02)
         nn.init.normal_(self.head.weight, 0.0, 0.02)
