@@ -49,10 +49,14 @@ def image_to_tensor(image: Any, size: int | None = None) -> Tensor:
     elif x.ndim != 3 or x.shape[0] != 3:
         raise ValueError(f"image: expected uint8 [H, W, 3] or float [3, H, W], got {list(x.shape)} {x.dtype}")
     x = x.float()
-    if size is not None and tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-        x = x.clamp(0, 1)
-    return x
+    return x if size is None else resize_frames(x[None], size)[0]
+
+
+def resize_frames(frames: Tensor, size: int) -> Tensor:
+    """float ``[N, 3, h, w]`` in [0, 1] -> ``[N, 3, size, size]`` (antialiased bilinear; unchanged if already so)."""
+    if tuple(frames.shape[-2:]) == (size, size):
+        return frames
+    return F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
 def _to_uint8(frames: Tensor) -> np.ndarray:

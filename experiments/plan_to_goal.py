@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.mpc import GripperHeuristic, RandomActionAgent, VisualMPC, run_episode
+from agents.mpc import GripperHeuristic, RandomActionAgent, VisualMPC, resize_frames, run_episode
 from agents.optimizers import make_optimizer
-from foresight.checkpoint import atomic_write_bytes
+from foresight.checkpoint import atomic_write_bytes, atomic_write_json
 from foresight.config import build_config, dump_yaml, to_dict
 
 TASKS5 = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3", "door-open-v3", "push-v3")
@@ -245,12 +245,9 @@ def _robonet_bounds(cfg: PlanToGoalConfig, rows: list[dict[str, Any]], adim: int
     return -high, high
 
 
-def _resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
-    # [T, 3, h, w] -> [T, 3, size, size]
-    if frames.shape[-1] == size and frames.shape[-2] == size:
-        return frames
-    return torch.nn.functional.interpolate(frames, size=(size, size), mode="bilinear", antialias=True,
-                                           align_corners=False).clamp(0, 1)
+def _agent_key(cfg: PlanToGoalConfig, horizon: int) -> int:
+    """Which agent plans ``horizon`` steps: one per horizon for MPC, one random agent for every horizon."""
+    return horizon if cfg.agent == "mpc" else 0
 
 
 def _replay_file(cfg: PlanToGoalConfig, row: dict[str, Any], env: Any, get_agent: Any,
@@ -269,7 +266,7 @@ def _replay_file(cfg: PlanToGoalConfig, row: dict[str, Any], env: Any, get_agent
 
     def plan_fn(context: torch.Tensor, goal: torch.Tensor, h: int) -> torch.Tensor:
         step = env.t - (env.context_frames - 1)
-        key = h if cfg.agent == "mpc" else 0  # one random agent for every horizon
+        key = _agent_key(cfg, h)
         agent = get_agent(h)
         if key not in last_step:  # first use in this file: new goal, no warm start from another file
             agent.reset(goal[0])
@@ -282,7 +279,7 @@ def _replay_file(cfg: PlanToGoalConfig, row: dict[str, Any], env: Any, get_agent
         last_step[key] = step
         if not first:  # the first plan, from frame C-1: score it whole against the recording
             if imagined is not None:
-                imagined = _resize_frames(imagined, env.frames.shape[1])  # [h, 3, H, W]
+                imagined = resize_frames(imagined, env.frames.shape[1])  # [h, 3, H, W]
             first.update(env.score_plan(actions, predicted_frames=imagined), imagined=imagined, plan=actions)
         executed.append(actions[0].numpy())
         recorded.append(env.actions[env.t])
@@ -346,7 +343,7 @@ def run_robonet(cfg: PlanToGoalConfig, device: torch.device, run_dir: Path) -> d
     agents: dict[int, Any] = {}  # kept across files (an LPIPS cost loads its network once per agent)
 
     def get_agent(h: int) -> Any:
-        key = h if cfg.agent == "mpc" else 0  # one random agent for every horizon
+        key = _agent_key(cfg, h)
         if key not in agents:
             agents[key] = _build_agent(replace(cfg, horizon=h), model, None, bounds=(low, high), record=False)
         return agents[key]
@@ -367,7 +364,7 @@ def run_robonet(cfg: PlanToGoalConfig, device: torch.device, run_dir: Path) -> d
                     "overall": _aggregate(rows, ROBONET_KEYS),
                     "per_robot": {k: _aggregate([x for x in rows if x["robot"] == k], ROBONET_KEYS) for k in robots},
                 }}
-        atomic_write_bytes(run_dir / "eval_info.json", (json.dumps(info, indent=2) + "\n").encode())  # after every file
+        atomic_write_json(run_dir / "eval_info.json", info)  # after every file
     print(json.dumps(info["aggregated"]["overall"], indent=2))
     print(f"wrote {run_dir / 'eval_info.json'}")
     return info
@@ -438,7 +435,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "overall": _aggregate(rows),
             "per_task": {t: _aggregate([r for r in rows if r["task"] == t]) for t in dict.fromkeys(r["task"] for r in rows)},
         }}
-        atomic_write_bytes(run_dir / "eval_info.json", (json.dumps(info, indent=2) + "\n").encode())  # after every episode
+        atomic_write_json(run_dir / "eval_info.json", info)  # after every episode
     print(json.dumps(info["aggregated"]["overall"], indent=2))
     print(f"wrote {run_dir / 'eval_info.json'}")
     return info

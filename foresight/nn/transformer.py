@@ -145,21 +145,12 @@ class CausalTransformer(nn.Module):
         reshaping overhead of the general path costs more than the arithmetic of a small model.
         """
         b, d = x.shape
-        pos = cache.length
-        if pos + 1 > cache.max_len:
-            raise ValueError(f"KVCache overflow: {pos} + 1 tokens > max_len {cache.max_len}")
         for i, blk in enumerate(self.blocks):
             attn = blk.attn
-            heads = attn.heads
             h = F.layer_norm(x, (d,), blk.ln1.weight, blk.ln1.bias, blk.ln1.eps)
-            q, k, v = F.linear(h, attn.qkv.weight, attn.qkv.bias).view(b, 3, heads, 1, d // heads).unbind(1)
-            if cache.keys[i] is None:
-                shape = (b, heads, cache.max_len, d // heads)
-                cache.keys[i], cache.values[i] = k.new_empty(shape), v.new_empty(shape)
-            keys, values = cache.keys[i], cache.values[i]
-            keys[:, :, pos:pos + 1] = k
-            values[:, :, pos:pos + 1] = v
-            out = F.scaled_dot_product_attention(q, keys[:, :, :pos + 1], values[:, :, :pos + 1])  # [B, Hd, 1, Dh]
+            q, k, v = F.linear(h, attn.qkv.weight, attn.qkv.bias).view(b, 3, attn.heads, 1, -1).unbind(1)
+            keys, values = cache.write(i, k, v)  # [B, Hd, P+1, Dh]
+            out = F.scaled_dot_product_attention(q, keys, values)  # [B, Hd, 1, Dh]
             x = x + F.linear(out.reshape(b, d), attn.proj.weight, attn.proj.bias)
             fc1, fc2 = blk.mlp[0], blk.mlp[2]
             h = F.layer_norm(x, (d,), blk.ln2.weight, blk.ln2.bias, blk.ln2.eps)

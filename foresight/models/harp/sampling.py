@@ -40,12 +40,12 @@ def _all_same(x: Tensor | None) -> bool:
 class _Window:
     """Steps one slot at a time, through a cache or by recomputing the window (``cache is None``)."""
 
-    def __init__(self, tr: CodeTransformer, known: Tensor, frame_act: Tensor | None, cache: KVCache | None):
+    def __init__(self, tr: CodeTransformer, known: Tensor, frame_act: Tensor | None, cache: KVCache | None,
+                 pos_table: Tensor | None):
         self.tr, self.frame_act, self.cache = tr, frame_act, cache
+        self.pos_table = pos_table  # [L_max, D] position embeddings of every window slot (cached path)
         self.known = known  # [M, L, D] contents of all codes so far (needed only without cache)
         self.length = known.shape[1]
-        if cache is not None:  # position embeddings of every slot, computed once per window
-            self.pos_table = tr.pos(torch.arange(cache.max_len, device=known.device)).to(known.dtype)  # [L_max, D]
 
     def step(self, prev_content: Tensor) -> Tensor:
         """prev_content [M, D] = content of code ``length-1`` -> logits [M, K] of code ``length``."""
@@ -92,8 +92,9 @@ def sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Ten
     acts = actions.repeat_interleave(s, dim=0) if actions is not None else None  # [M, T, A]
     max_len = (c + f) * n
 
-    ctx_cache = None
+    ctx_cache = pos_table = None
     if use_cache:
+        pos_table = tr.pos(torch.arange(max_len, device=ctx_content.device)).to(ctx_content.dtype)  # [L_max, D]
         # context slots run once per distinct context (no action embeddings there), then copied to all rows
         ctx_cache = tr.transformer.new_cache(max_len)
         tr.prefill(tr.shifted(ctx_content[::m // rows]), None, ctx_cache)
@@ -110,7 +111,7 @@ def sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Ten
             prior_content = (tr.tok_emb(torch.stack(prior, 1).flatten(1)) if prior
                              else ctx_content.new_zeros(m, 0, ctx_content.shape[2]))  # [M, (step-first)*N, D]
             cache = ctx_cache.repeat_interleave(1) if use_cache else None  # repeat_interleave(1) copies
-            window = _Window(tr, torch.cat([ctx_content, prior_content], dim=1), window_acts, cache)
+            window = _Window(tr, torch.cat([ctx_content, prior_content], dim=1), window_acts, cache, pos_table)
             if use_cache and prior:
                 prev = torch.cat([ctx_content[:, -1:], prior_content[:, :-1]], dim=1)
                 tr.prefill(prev, window_acts, cache)
