@@ -13,6 +13,7 @@ strip (context | truth | prediction rows for demos of different tasks) and the m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -45,11 +46,17 @@ def main() -> None:
     ap.add_argument("--eval-only", default=None, help="evaluate a saved model directory instead of training")
     ap.add_argument("--init", default=None,
                     help="start from a saved model directory (e.g. an earlier run's tokenizer_model): its tokenizer "
-                         "trains on for --tokenizer-minutes (0 = keep it as is), then the transformer from scratch")
+                         "trains on for --tokenizer-minutes; with 0 the tokenizer is kept and so is the transformer, "
+                         "which trains on, otherwise the transformer starts from scratch")
+    ap.add_argument("--transformer-lr", type=float, default=1e-3,
+                    help="peak learning rate of stage 2 (warm-up, then cosine to a tenth of it)")
     ap.add_argument("--disc-start", type=int, default=None,
                     help="tokenizer step at which the GAN term switches on (default: the preset's / saved model's)")
     ap.add_argument("--attn-dropout", type=float, default=None,
                     help="transformer attention-probability dropout (default: the preset's / saved model's)")
+    ap.add_argument("--prev-frame-codes", action="store_true",
+                    help="switch on HarpConfig.prev_frame_codes (kept from an --init model that has it); an --init "
+                         "model without it gets it zero-initialised, so training continues from the same function")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -70,6 +77,12 @@ def main() -> None:
         model = foresight.load(args.init)
         cfg = model.config
         log({"init": args.init, "tokenizer_steps_before": int(model.tokenizer.step)})
+    if args.prev_frame_codes and not cfg.prev_frame_codes:
+        cfg = dataclasses.replace(cfg, prev_frame_codes=True)
+        grown = Harp(cfg)
+        missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+        assert missing == ["transformer.prev_emb.weight"] and not unexpected, (missing, unexpected)
+        model = grown
     if args.disc_start is not None:
         model.config.disc_start = cfg.disc_start = args.disc_start
     if args.attn_dropout is not None:  # takes effect for the transformer built below / a fresh one
@@ -90,7 +103,7 @@ def main() -> None:
                                args.tokenizer_minutes, lr=1e-3, warmup=50, log=log)
         model.eval()
         model.save_pretrained(out / "tokenizer_model")  # lets a later run (--init) continue from here
-        if args.init:  # the codes may have changed: stage 2 starts from a fresh transformer
+        if args.init and steps1 > 0:  # the codes have changed: stage 2 starts from a fresh transformer
             fresh = Harp(cfg)
             fresh.tokenizer.load_state_dict(model.tokenizer.state_dict())
             model = fresh.eval()
@@ -111,7 +124,7 @@ def main() -> None:
             idx = rng.integers(0, len(cached), args.batch).tolist()
             return {k: torch.stack([cached[i][k] for i in idx]) for k in keys}
 
-        steps2 = train_for(model, next_codes, args.transformer_minutes, lr=1e-3, warmup=50, log=log)
+        steps2 = train_for(model, next_codes, args.transformer_minutes, lr=args.transformer_lr, warmup=50, log=log)
         model.eval()
         model.save_pretrained(out / "model")
 
@@ -129,6 +142,10 @@ def main() -> None:
                "tokenizer_steps_total": int(model.tokenizer.step), "transformer_steps": steps2, "reconstruction_psnr": rec_psnr,
                "eval_clips": len(idx), "budget_minutes": [args.tokenizer_minutes, args.transformer_minutes],
                "threads": args.threads}
+    model.set_stage("transformer")
+    with torch.no_grad():  # teacher-forced cross-entropy on the held-out clips: over-fitting shows here first
+        _, heldout = model({"frames": frames, "actions": actions})
+    results["heldout"] = {k: round(v, 4) for k, v in heldout.items()}
     results["copy_last"] = {"psnr": float(psnr(copy_last, truth).mean()), "ssim": float(ssim(copy_last, truth).mean())}
     with torch.no_grad():
         recon_truth = model.decode(model.encode(truth))

@@ -40,31 +40,37 @@ def _all_same(x: Tensor | None) -> bool:
 class _Window:
     """Steps one slot at a time, through a cache or by recomputing the window (``cache is None``)."""
 
-    def __init__(self, tr: CodeTransformer, known: Tensor, frame_act: Tensor | None, cache: KVCache | None,
-                 pos_table: Tensor | None):
+    def __init__(self, tr: CodeTransformer, known: Tensor, known_codes: Tensor, frame_act: Tensor | None,
+                 cache: KVCache | None, pos_table: Tensor | None):
         self.tr, self.frame_act, self.cache = tr, frame_act, cache
         self.pos_table = pos_table  # [L_max, D] position embeddings of every window slot (cached path)
         self.known = known  # [M, L, D] contents of all codes so far (needed only without cache)
+        self.known_codes = known_codes  # [M, L] the codes themselves (needed only without cache)
         self.length = known.shape[1]
 
-    def step(self, prev_content: Tensor) -> Tensor:
-        """prev_content [M, D] = content of code ``length-1`` -> logits [M, K] of code ``length``."""
+    def step(self, prev_content: Tensor, same: Tensor | None) -> Tensor:
+        """prev_content [M, D] = content of code ``length-1`` (and ``same`` [M, D], the previous-frame code
+        embedding of slot ``length``, with ``prev_frame_codes``) -> logits [M, K] of code ``length``."""
         tr = self.tr
         if self.cache is not None:
             slot = self.cache.length
             emb = self.pos_table[slot]  # [D]
             if self.frame_act is not None:
                 emb = emb + self.frame_act[:, slot // tr.codes_per_frame]  # [M, D]
+            if same is not None:
+                emb = emb + same
             logits = tr.step(prev_content, emb, self.cache)
-        else:
+        else:  # everything recomputed from the codes so far (``same`` rebuilt too: the exactness test checks it)
             start = tr.start.to(self.known.dtype).expand(self.known.shape[0], 1, -1)
-            x = tr.slot_inputs(torch.cat([start, self.known], dim=1), 0, self.frame_act)  # slots 0..length
+            x = tr.slot_inputs(torch.cat([start, self.known], dim=1), 0, self.frame_act,
+                               tr.same_cell(self.known_codes, self.length + 1))  # slots 0..length
             logits = tr.head(tr.transformer(x)[:, -1])
         return logits
 
-    def push(self, content: Tensor) -> None:
+    def push(self, code: Tensor, content: Tensor) -> None:
         if self.cache is None:
             self.known = torch.cat([self.known, content[:, None]], dim=1)
+            self.known_codes = torch.cat([self.known_codes, code[:, None]], dim=1)
         self.length += 1
 
 
@@ -89,6 +95,7 @@ def sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Ten
     rows = 1 if shared else b
     ctx_content = tr.content(context_codes[:rows], None if context_frames is None else context_frames[:rows])
     ctx_content = ctx_content.repeat_interleave(m // rows, dim=0)  # [M, C*N, D]
+    ctx_codes = context_codes[:rows].flatten(1).long()  # [rows, C*N]
     acts = actions.repeat_interleave(s, dim=0) if actions is not None else None  # [M, T, A]
     max_len = (c + f) * n
 
@@ -97,8 +104,9 @@ def sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Ten
         pos_table = tr.pos(torch.arange(max_len, device=ctx_content.device)).to(ctx_content.dtype)  # [L_max, D]
         # context slots run once per distinct context (no action embeddings there), then copied to all rows
         ctx_cache = tr.transformer.new_cache(max_len)
-        tr.prefill(tr.shifted(ctx_content[::m // rows]), None, ctx_cache)
+        tr.prefill(tr.shifted(ctx_content[::m // rows]), None, ctx_cache, tr.same_cell(ctx_codes, c * n))
         ctx_cache = ctx_cache.repeat_interleave(m // rows)
+    ctx_codes = ctx_codes.repeat_interleave(m // rows, dim=0)  # [M, C*N]
 
     frames: list[Tensor] = []  # each [M, N]
     for step in range(horizon):
@@ -108,20 +116,27 @@ def sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Ten
             # a new window (the first one, or a slide): context + frames first .. step-1. Otherwise the window
             # keeps growing and the running cache / known contents are reused.
             prior = frames[first:step]
-            prior_content = (tr.tok_emb(torch.stack(prior, 1).flatten(1)) if prior
-                             else ctx_content.new_zeros(m, 0, ctx_content.shape[2]))  # [M, (step-first)*N, D]
+            prior_codes = torch.cat(prior, 1) if prior else ctx_codes.new_zeros(m, 0)  # [M, (step-first)*N]
+            prior_content = tr.tok_emb(prior_codes)  # [M, (step-first)*N, D]
+            window_codes = torch.cat([ctx_codes, prior_codes], dim=1)
             cache = ctx_cache.repeat_interleave(1) if use_cache else None  # repeat_interleave(1) copies
-            window = _Window(tr, torch.cat([ctx_content, prior_content], dim=1), window_acts, cache, pos_table)
+            window = _Window(tr, torch.cat([ctx_content, prior_content], dim=1), window_codes, window_acts, cache,
+                             pos_table)
             if use_cache and prior:
                 prev = torch.cat([ctx_content[:, -1:], prior_content[:, :-1]], dim=1)
-                tr.prefill(prev, window_acts, cache)
+                same = tr.same_cell(window_codes, window_codes.shape[1])
+                tr.prefill(prev, window_acts, cache, None if same is None else same[:, c * n:])
             prev_content = (prior_content if prior else ctx_content)[:, -1]  # [M, D]
         window.frame_act = window_acts
+        # previous-frame code embeddings of this frame's slots: the window frame before it
+        prev_frame = frames[step - 1] if step > first else ctx_codes[:, -n:]  # [M, N]
+        same = tr.prev_emb(prev_frame) if (use_cache and tr.prev_emb is not None) else None  # [M, N, D]
         codes = []
-        for _ in range(n):
-            tok = top_k_sample(window.step(prev_content), top_k=top_k, temperature=temperature, generator=generator)
+        for j in range(n):
+            logits = window.step(prev_content, None if same is None else same[:, j])
+            tok = top_k_sample(logits, top_k=top_k, temperature=temperature, generator=generator)
             prev_content = tr.tok_emb(tok)  # [M, D]
-            window.push(prev_content)
+            window.push(tok, prev_content)
             codes.append(tok)
         frames.append(torch.stack(codes, dim=1))  # [M, N]
     out = torch.stack(frames, dim=1)  # [M, T, N]
