@@ -145,7 +145,14 @@ def main() -> None:
     model.set_stage("transformer")
     with torch.no_grad():  # teacher-forced cross-entropy on the held-out clips: over-fitting shows here first
         _, heldout = model({"frames": frames, "actions": actions})
+        codes = model.encode(frames)  # [B, C+F, h, w]
+        logits = model.transformer(codes, context if model.config.context_resnet else None, fut_actions)  # [B, F*N, K]
+    hit = (logits.argmax(-1) == codes[:, c:].flatten(1)).float().view(len(idx), f, -1)
     results["heldout"] = {k: round(v, 4) for k, v in heldout.items()}
+    # how often the true code equals the teacher-forced argmax, and equals the last context frame's code there
+    results["heldout"]["code_accuracy_per_frame"] = [round(float(v), 3) for v in hit.mean((0, 2))]
+    results["heldout"]["copy_code_accuracy_per_frame"] = [
+        round(float(v), 3) for v in (codes[:, c:] == codes[:, c - 1:c]).float().mean((0, 2, 3))]
     results["copy_last"] = {"psnr": float(psnr(copy_last, truth).mean()), "ssim": float(ssim(copy_last, truth).mean())}
     with torch.no_grad():
         recon_truth = model.decode(model.encode(truth))
