@@ -137,26 +137,36 @@ class CausalTransformer(nn.Module):
     def new_cache(self, max_len: int) -> KVCache:
         return KVCache(num_layers=self.num_layers, max_len=max_len)
 
-    def step(self, x: Tensor, cache: KVCache) -> Tensor:
+    def step_weights(self) -> list[tuple]:
+        """The tensors and constants `step` reads, gathered once: attribute look-ups through nn.Module (and
+        nn.Sequential indexing) cost about as much as the small ops they feed. Take them anew after replacing a
+        submodule; in-place weight updates (optimiser steps, ``load_state_dict``) are seen as they are."""
+        layers = [(b.ln1.weight, b.ln1.bias, b.ln1.eps, b.attn.qkv.weight, b.attn.qkv.bias, b.attn.heads,
+                   b.attn.proj.weight, b.attn.proj.bias, b.ln2.weight, b.ln2.bias, b.ln2.eps,
+                   b.mlp[0].weight, b.mlp[0].bias, b.mlp[2].weight, b.mlp[2].bias) for b in self.blocks]
+        return [*layers, (self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)]
+
+    def step(self, x: Tensor, cache: KVCache, weights: list[tuple] | None = None) -> Tensor:
         """One new token per row, inference only: ``[B, D] -> [B, D]`` hidden state; the cache advances by 1.
 
         The same computation as ``forward(x[:, None], cache=cache)[:, 0]`` in eval mode, written with functional
-        calls on the blocks' weights: autoregressive sampling runs this once per code, where the module-call and
-        reshaping overhead of the general path costs more than the arithmetic of a small model.
+        calls on the blocks' weights (``weights`` from `step_weights`, gathered here when not given):
+        autoregressive sampling runs this once per code, where the module-call and reshaping overhead of the
+        general path costs more than the arithmetic of a small model.
         """
         b, d = x.shape
-        for i, blk in enumerate(self.blocks):
-            attn = blk.attn
-            h = F.layer_norm(x, (d,), blk.ln1.weight, blk.ln1.bias, blk.ln1.eps)
-            q, k, v = F.linear(h, attn.qkv.weight, attn.qkv.bias).view(b, 3, attn.heads, 1, -1).unbind(1)
+        weights = weights if weights is not None else self.step_weights()
+        for i, (l1w, l1b, l1e, qkv_w, qkv_b, heads, pw, pb, l2w, l2b, l2e, f1w, f1b, f2w, f2b) in enumerate(weights[:-1]):
+            h = F.layer_norm(x, (d,), l1w, l1b, l1e)
+            q, k, v = F.linear(h, qkv_w, qkv_b).view(b, 3, heads, 1, -1).unbind(1)
             keys, values = cache.write(i, k, v)  # [B, Hd, P+1, Dh]
             out = F.scaled_dot_product_attention(q, keys, values)  # [B, Hd, 1, Dh]
-            x = x + F.linear(out.reshape(b, d), attn.proj.weight, attn.proj.bias)
-            fc1, fc2 = blk.mlp[0], blk.mlp[2]
-            h = F.layer_norm(x, (d,), blk.ln2.weight, blk.ln2.bias, blk.ln2.eps)
-            x = x + F.linear(F.gelu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+            x = x + F.linear(out.reshape(b, d), pw, pb)
+            h = F.layer_norm(x, (d,), l2w, l2b, l2e)
+            x = x + F.linear(F.gelu(F.linear(h, f1w, f1b)), f2w, f2b)
         cache.advance(1)
-        return F.layer_norm(x, (d,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+        fw, fb, fe = weights[-1]
+        return F.layer_norm(x, (d,), fw, fb, fe)
 
     def forward(self, x: Tensor, *, cache: KVCache | None = None, attn_mask: Tensor | None = None) -> Tensor:
         if cache is not None and attn_mask is not None:

@@ -48,6 +48,7 @@ class _Window:
         self.known_codes = known_codes  # [M, L] the codes themselves (needed only without cache)
         self.length = known.shape[1]
         self.slot_emb: Tensor | None = None  # [N, D] or [M, N, D]: the frame being sampled (cached path)
+        self.weights = tr.transformer.step_weights() if cache is not None else None
 
     def begin_frame(self, same: Tensor | None) -> None:
         """Before the N slots of a new frame (cached path): their position (+ action, + previous-frame code
@@ -66,7 +67,7 @@ class _Window:
         cell ``cell`` of the current frame."""
         tr = self.tr
         if self.cache is not None:
-            logits = tr.step(prev_content, self.slot_emb[..., cell, :], self.cache)
+            logits = tr.step(prev_content, self.slot_emb[..., cell, :], self.cache, self.weights)
         else:  # everything recomputed from the codes so far (``same`` rebuilt too: the exactness test checks it)
             start = tr.start.to(self.known.dtype).expand(self.known.shape[0], 1, -1)
             x = tr.slot_inputs(torch.cat([start, self.known], dim=1), 0, self.frame_act,

@@ -149,10 +149,11 @@ class CodeTransformer(nn.Module):
         x = self.slot_inputs(content, cache.length, frame_act, same)
         return self.head(self.transformer(x, cache=cache))
 
-    def step(self, prev_content: Tensor, slot_emb: Tensor, cache: KVCache) -> Tensor:
+    def step(self, prev_content: Tensor, slot_emb: Tensor, cache: KVCache, weights: list[tuple] | None = None) -> Tensor:
         """One slot at ``cache.length`` (inference): previous code's content [B, D] + that slot's position (and
-        action) embedding ``slot_emb`` ([D] or [B, D]) -> logits [B, K]; the cache advances by one."""
-        return self.head(self.transformer.step(prev_content + slot_emb, cache))
+        action) embedding ``slot_emb`` ([D] or [B, D]) -> logits [B, K]; the cache advances by one. ``weights``:
+        ``self.transformer.step_weights()``, gathered once per sampling call."""
+        return F.linear(self.transformer.step(prev_content + slot_emb, cache, weights), self.head.weight)
 
     # ------------------------------------------------------------------ per-frame features (policy heads)
     def frame_features(self, codes: Tensor, context_frames: Tensor | None, actions: Tensor | None) -> Tensor:
