@@ -25,7 +25,9 @@ __all__ = ["top_k_sample", "sample_codes"]
 
 def top_k_sample(logits: Tensor, *, top_k: int, temperature: float, generator: torch.Generator | None) -> Tensor:
     """logits [M, K] -> sampled indices [M]; top_k <= 0 samples from the full distribution."""
-    logits = logits.float() / max(temperature, 1e-6)
+    logits = logits.float()
+    if temperature != 1.0:  # dividing by 1 changes nothing but costs an op per code
+        logits = logits / max(temperature, 1e-6)
     if 0 < top_k < logits.shape[-1]:
         values, idx = logits.topk(top_k, dim=-1)  # [M, k]
         choice = torch.multinomial(values.softmax(-1), 1, generator=generator)  # [M, 1]
@@ -151,7 +153,7 @@ def _sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Te
         for j in range(n):
             logits = window.step(prev_content, j)
             tok = top_k_sample(logits, top_k=top_k, temperature=temperature, generator=generator)
-            prev_content = tr.tok_emb(tok)  # [M, D]
+            prev_content = torch.nn.functional.embedding(tok, tr.tok_emb.weight)  # [M, D] (no module call per code)
             window.push(tok, prev_content)
             codes.append(tok)
         frames.append(torch.stack(codes, dim=1))  # [M, N]
