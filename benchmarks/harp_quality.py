@@ -13,6 +13,7 @@ strip (context | truth | prediction rows for demos of different tasks) and the m
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import time
@@ -22,13 +23,23 @@ import numpy as np
 import torch
 
 import foresight
-from foresight.data.clips import ClipDataset
+from foresight.data.clips import ClipDataset, shift_augment
 from foresight.data.episodes import EpisodeDataset
 from foresight.metrics.image import psnr, ssim
-from foresight.models.harp import Harp, HarpConfig
+from foresight.models.harp import CachedCodes, Harp, HarpConfig
 from foresight.viz import save_strip
 
 from _budget import first_clip_per_task, jsonl_logger, train_for
+
+
+def shifted_copy(clips: ClipDataset, max_shift: int, rng: np.random.Generator) -> ClipDataset:
+    """A copy of ``clips`` whose stored frames are translated, one random shift per episode (replicate-padded):
+    every clip of the copy is a translated clip, and the copy still caches frame by frame."""
+    out = copy.copy(clips)
+    out.frames = clips.frames.copy()
+    for lo, hi in zip(clips.episode_start[:-1], clips.episode_start[1:]):
+        out.frames[lo:hi] = shift_augment(clips.frames[lo:hi][None], max_shift, rng)[0]
+    return out
 
 
 def main() -> None:
@@ -54,6 +65,11 @@ def main() -> None:
                     help="tokenizer step at which the GAN term switches on (default: the preset's / saved model's)")
     ap.add_argument("--attn-dropout", type=float, default=None,
                     help="transformer attention-probability dropout (default: the preset's / saved model's)")
+    ap.add_argument("--augment-copies", type=int, default=0,
+                    help="stage 2 also trains on this many translated copies of the training episodes (HARP's "
+                         "translation augmentation, one random shift of up to --augment-shift pixels per episode "
+                         "and copy, cached once like the original)")
+    ap.add_argument("--augment-shift", type=int, default=4)
     ap.add_argument("--prev-frame-codes", action="store_true",
                     help="switch on HarpConfig.prev_frame_codes (kept from an --init model that has it); an --init "
                          "model without it gets it zero-initialised, so training continues from the same function")
@@ -117,6 +133,10 @@ def main() -> None:
         sub = ClipDataset(train_eps, context=c, future=f, window_step=args.cache_step, task_names=train.task_names)
         t0 = time.perf_counter()
         cached = model.stage_dataset(sub, "transformer")
+        for _ in range(args.augment_copies):
+            more = model.stage_dataset(shifted_copy(sub, args.augment_shift, rng), "transformer")
+            cached = CachedCodes(torch.cat([cached.codes, more.codes]),
+                                 {k: torch.cat([v, more.extras[k]]) for k, v in cached.extras.items()})
         log({"cached_clips": len(cached), "cache_s": round(time.perf_counter() - t0, 1)})
         keys = [k for k in ("codes", "actions", "context") if k in cached.extras or k == "codes"]
 
