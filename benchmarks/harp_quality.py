@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -70,9 +69,6 @@ def main() -> None:
                          "translation augmentation, one random shift of up to --augment-shift pixels per episode "
                          "and copy, cached once like the original)")
     ap.add_argument("--augment-shift", type=int, default=4)
-    ap.add_argument("--prev-frame-codes", action="store_true",
-                    help="switch on HarpConfig.prev_frame_codes (kept from an --init model that has it); an --init "
-                         "model without it gets it zero-initialised, so training continues from the same function")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -93,12 +89,6 @@ def main() -> None:
         model = foresight.load(args.init)
         cfg = model.config
         log({"init": args.init, "tokenizer_steps_before": int(model.tokenizer.step)})
-    if args.prev_frame_codes and not cfg.prev_frame_codes:
-        cfg = dataclasses.replace(cfg, prev_frame_codes=True)
-        grown = Harp(cfg)
-        missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-        assert missing == ["transformer.prev_emb.weight"] and not unexpected, (missing, unexpected)
-        model = grown
     if args.disc_start is not None:
         model.config.disc_start = cfg.disc_start = args.disc_start
     if args.attn_dropout is not None:  # takes effect for the transformer built below / a fresh one

@@ -15,15 +15,6 @@ def tiny_config(**changes) -> HarpConfig:
     return dataclasses.replace(foresight.preset(HarpConfig, "tiny"), **changes)
 
 
-def tiny_model(prev_frame_codes: bool = False, **changes) -> Harp:
-    """A tiny HARP in eval mode; with ``prev_frame_codes`` its (zero-initialised) previous-frame code embedding
-    is randomised so that tests of the paths carrying it can fail."""
-    model = Harp(tiny_config(prev_frame_codes=prev_frame_codes, **changes)).eval()
-    if prev_frame_codes:
-        torch.nn.init.normal_(model.transformer.prev_emb.weight, 0.0, 0.5)
-    return model
-
-
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(1)
@@ -54,11 +45,11 @@ def test_registered_and_presets_build():
     assert foresight.preset(HarpConfig, "paper").grid == 16  # 16x16 codes per 64x64 frame, as in the paper
 
 
-@pytest.mark.parametrize("prev_frame_codes", [False, True])
-def test_cached_logits_equal_full_recompute(prev_frame_codes):
+def test_cached_logits_equal_full_recompute():
     torch.manual_seed(0)
-    model = tiny_model(prev_frame_codes, context_frames=2, future_frames=2)
-    cfg, tr = model.config, model.transformer
+    cfg = tiny_config(context_frames=2, future_frames=2)
+    model = Harp(cfg).eval()
+    tr = model.transformer
     b, n = 2, tr.codes_per_frame
     codes = torch.randint(0, cfg.codebook_size, (b, 4, cfg.grid, cfg.grid))
     ctx = torch.rand(b, 2, 3, 16, 16)
@@ -66,14 +57,11 @@ def test_cached_logits_equal_full_recompute(prev_frame_codes):
     with torch.no_grad():
         full = tr(codes, ctx, actions)  # [B, F*N, K]
         content = tr.content(codes, ctx)
-        same = tr.same_cell(codes.flatten(1), 4 * n)
-        assert (same is None) == (not prev_frame_codes)
-        same = same if same is not None else torch.zeros(b, 4 * n, cfg.width)
         cache = tr.transformer.new_cache(4 * n)
-        tr.prefill(tr.shifted(content)[:, :2 * n], None, cache, same[:, :2 * n])  # context slots in one pass
+        tr.prefill(tr.shifted(content)[:, :2 * n], None, cache)  # context slots in one pass
         frame_act = tr.frame_actions(actions, 4, 2)
         prev = tr.shifted(content)
-        steps = [tr.prefill(prev[:, p:p + 1], frame_act, cache, same[:, p:p + 1])[:, 0] for p in range(2 * n, 4 * n)]
+        steps = [tr.prefill(prev[:, p:p + 1], frame_act, cache)[:, 0] for p in range(2 * n, 4 * n)]
     cached = torch.stack(steps, dim=1)
     assert cache.length == 4 * n
     assert torch.allclose(cached, full, atol=1e-5, rtol=1e-4)
@@ -95,11 +83,10 @@ def test_single_token_step_equals_general_cached_forward():
         tr.step(x[:, 0], fast_cache)
 
 
-@pytest.mark.parametrize("prev_frame_codes", [False, True])
 @pytest.mark.parametrize("horizon", [3, 5])  # 5 > future_frames=3: the sliding scheme
-def test_cached_sampling_matches_uncached(horizon, prev_frame_codes):
+def test_cached_sampling_matches_uncached(horizon):
     torch.manual_seed(0)
-    model = tiny_model(prev_frame_codes)
+    model = Harp(tiny_config()).eval()
     ctx = torch.rand(2, 1, 3, 16, 16)
     actions = torch.randn(2, horizon, 4)
     a = model.predict_codes(ctx, actions, 2, seed=3, use_cache=True)
@@ -148,10 +135,9 @@ def test_action_free_mode():
     assert torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("prev_frame_codes", [False, True])
-def test_features_are_causal_and_differentiable(prev_frame_codes):
+def test_features_are_causal_and_differentiable():
     torch.manual_seed(0)
-    model = tiny_model(prev_frame_codes, context_frames=1, future_frames=3)
+    model = Harp(tiny_config(context_frames=1, future_frames=3)).eval()
     frames = torch.rand(2, 4, 3, 16, 16)
     actions = torch.randn(2, 3, 4)
     feats = model.features(frames, actions)
@@ -166,16 +152,14 @@ def test_features_are_causal_and_differentiable(prev_frame_codes):
     assert model.transformer.tok_emb.weight.grad is not None
 
 
-@pytest.mark.parametrize("prev_frame_codes", [False, True])
-def test_features_readout_matches_sequence_state_without_actions(prev_frame_codes):
+def test_features_readout_matches_sequence_state_without_actions():
     torch.manual_seed(0)
-    model = tiny_model(prev_frame_codes, action_dim=0, context_resnet=False)
+    model = Harp(tiny_config(action_dim=0, context_resnet=False)).eval()
     frames = torch.rand(1, 3, 3, 16, 16)
     with torch.no_grad():
         feats = model.features(frames)
         tr, codes = model.transformer, model.encode(frames)
-        same = tr.same_cell(codes.flatten(1), 3 * tr.codes_per_frame)
-        x = tr.slot_inputs(tr.shifted(tr.content(codes, None)), 0, None, same)
+        x = tr.slot_inputs(tr.shifted(tr.content(codes, None)), 0, None)
         h = tr.transformer(x)  # [1, 3N, D]
     n = tr.codes_per_frame
     assert torch.allclose(feats[:, 0], h[:, n], atol=1e-5)
@@ -324,26 +308,3 @@ def test_attention_dropout_is_configured_separately():
     cfg = foresight.preset(HarpConfig, "quick")
     assert cfg.attn_dropout == 0.0 and cfg.dropout == 0.1  # quick keeps CPU attention on the fused kernel
     assert Harp(tiny_config(attn_dropout=0.2)).transformer.transformer.blocks[0].attn.dropout == 0.2
-
-
-def test_prev_frame_code_embedding_starts_as_the_paper_model_and_is_used():
-    """Zero-initialised: a model without it loads into one with it and predicts the same; once the embedding
-    is non-zero, the previous frame's code at a cell changes the logits of that cell."""
-    torch.manual_seed(0)
-    base = tiny_model(context_frames=1, future_frames=2)
-    model = Harp(tiny_config(prev_frame_codes=True, context_frames=1, future_frames=2)).eval()
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    assert missing == ["transformer.prev_emb.weight"] and unexpected == []
-    codes = torch.randint(0, 32, (2, 3, 4, 4))
-    ctx, actions = torch.rand(2, 1, 3, 16, 16), torch.randn(2, 2, 4)
-    with torch.no_grad():
-        assert torch.allclose(model.transformer(codes, ctx, actions), base.transformer(codes, ctx, actions))
-        torch.nn.init.normal_(model.transformer.prev_emb.weight, 0.0, 0.5)
-        a = model.transformer(codes, ctx, actions)  # [B, F*N, K]: logit j predicts future code j
-        assert not torch.allclose(a[:, 0], base.transformer(codes, ctx, actions)[:, 0])  # reads the context frame
-        codes2 = codes.clone()
-        codes2[:, 1, 2, 3] = (codes[:, 1, 2, 3] + 1) % 32  # future frame 0, cell 11
-        b = model.transformer(codes2, ctx, actions)
-    cell = 2 * 4 + 3
-    assert torch.allclose(a[:, :cell + 1], b[:, :cell + 1], atol=1e-6)  # causal: nothing up to it changes
-    assert not torch.allclose(a[:, cell + 1:], b[:, cell + 1:])

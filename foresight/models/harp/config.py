@@ -39,10 +39,6 @@ class HarpConfig:
     dropout: float = 0.1                 # dropout on the residual branches (attention output, MLP)
     attn_dropout: float = 0.1            # dropout on attention probabilities (0 keeps CPU attention fused)
     context_resnet: bool = True          # add a ResNet feature map of the context frames to their code embeddings
-    # Not in the paper: also add an embedding of the code at the SAME cell of the previous frame to each slot's
-    # input, so "this cell did not change" is one lookup instead of an attention pattern the model must learn
-    # (zero-initialised: a model without it loads into one with it and starts out unchanged).
-    prev_frame_codes: bool = False
     resnet_widths: tuple[int, ...] = (64, 128, 256, 512)
     resnet_blocks: tuple[int, ...] = (2, 2, 2, 2)
     # --- sampling

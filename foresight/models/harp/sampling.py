@@ -42,19 +42,18 @@ def _all_same(x: Tensor | None) -> bool:
 class _Window:
     """Steps one slot at a time, through a cache or by recomputing the window (``cache is None``)."""
 
-    def __init__(self, tr: CodeTransformer, known: Tensor, known_codes: Tensor, frame_act: Tensor | None,
-                 cache: KVCache | None, pos_table: Tensor | None):
+    def __init__(self, tr: CodeTransformer, known: Tensor, frame_act: Tensor | None, cache: KVCache | None,
+                 pos_table: Tensor | None):
         self.tr, self.frame_act, self.cache = tr, frame_act, cache
         self.pos_table = pos_table  # [L_max, D] position embeddings of every window slot (cached path)
         self.known = known  # [M, L, D] contents of all codes so far (needed only without cache)
-        self.known_codes = known_codes  # [M, L] the codes themselves (needed only without cache)
         self.length = known.shape[1]
         self.slot_emb: Tensor | None = None  # [N, D] or [M, N, D]: the frame being sampled (cached path)
         self.weights = tr.transformer.step_weights() if cache is not None else None
 
-    def begin_frame(self, same: Tensor | None) -> None:
-        """Before the N slots of a new frame (cached path): their position (+ action, + previous-frame code
-        ``same`` [M, N, D]) embeddings, summed once per frame rather than once per code."""
+    def begin_frame(self) -> None:
+        """Before the N slots of a new frame (cached path): their position (+ action) embeddings, summed once
+        per frame rather than once per code."""
         if self.cache is None:
             return
         n = self.tr.codes_per_frame
@@ -62,7 +61,7 @@ class _Window:
         emb = self.pos_table[first:first + n]  # [N, D]
         if self.frame_act is not None:
             emb = emb + self.frame_act[:, first // n, None]  # [M, N, D]
-        self.slot_emb = emb if same is None else emb + same
+        self.slot_emb = emb
 
     def step(self, prev_content: Tensor, cell: int) -> Tensor:
         """prev_content [M, D] = content of code ``length-1`` -> logits [M, K] of code ``length``, which is
@@ -70,17 +69,15 @@ class _Window:
         tr = self.tr
         if self.cache is not None:
             logits = tr.step(prev_content, self.slot_emb[..., cell, :], self.cache, self.weights)
-        else:  # everything recomputed from the codes so far (``same`` rebuilt too: the exactness test checks it)
+        else:  # everything recomputed from the contents so far
             start = tr.start.to(self.known.dtype).expand(self.known.shape[0], 1, -1)
-            x = tr.slot_inputs(torch.cat([start, self.known], dim=1), 0, self.frame_act,
-                               tr.same_cell(self.known_codes, self.length + 1))  # slots 0..length
+            x = tr.slot_inputs(torch.cat([start, self.known], dim=1), 0, self.frame_act)  # slots 0..length
             logits = tr.head(tr.transformer(x)[:, -1])
         return logits
 
-    def push(self, code: Tensor, content: Tensor) -> None:
+    def push(self, content: Tensor) -> None:
         if self.cache is None:
             self.known = torch.cat([self.known, content[:, None]], dim=1)
-            self.known_codes = torch.cat([self.known_codes, code[:, None]], dim=1)
         self.length += 1
 
 
@@ -113,7 +110,6 @@ def _sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Te
     rows = 1 if shared else b
     ctx_content = tr.content(context_codes[:rows], None if context_frames is None else context_frames[:rows])
     ctx_content = ctx_content.repeat_interleave(m // rows, dim=0)  # [M, C*N, D]
-    ctx_codes = context_codes[:rows].flatten(1).long()  # [rows, C*N]
     acts = actions.repeat_interleave(s, dim=0) if actions is not None else None  # [M, T, A]
     max_len = (c + f) * n
 
@@ -122,9 +118,8 @@ def _sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Te
         pos_table = tr.pos(torch.arange(max_len, device=ctx_content.device)).to(ctx_content.dtype)  # [L_max, D]
         # context slots run once per distinct context (no action embeddings there), then copied to all rows
         ctx_cache = tr.transformer.new_cache(max_len)
-        tr.prefill(tr.shifted(ctx_content[::m // rows]), None, ctx_cache, tr.same_cell(ctx_codes, c * n))
+        tr.prefill(tr.shifted(ctx_content[::m // rows]), None, ctx_cache)
         ctx_cache = ctx_cache.repeat_interleave(m // rows)
-    ctx_codes = ctx_codes.repeat_interleave(m // rows, dim=0)  # [M, C*N]
 
     frames: list[Tensor] = []  # each [M, N]
     for step in range(horizon):
@@ -134,27 +129,22 @@ def _sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Te
             # a new window (the first one, or a slide): context + frames first .. step-1. Otherwise the window
             # keeps growing and the running cache / known contents are reused.
             prior = frames[first:step]
-            prior_codes = torch.cat(prior, 1) if prior else ctx_codes.new_zeros(m, 0)  # [M, (step-first)*N]
-            prior_content = tr.tok_emb(prior_codes)  # [M, (step-first)*N, D]
-            window_codes = torch.cat([ctx_codes, prior_codes], dim=1)
+            prior_content = (tr.tok_emb(torch.cat(prior, 1)) if prior
+                             else ctx_content.new_zeros(m, 0, ctx_content.shape[2]))  # [M, (step-first)*N, D]
             cache = ctx_cache.repeat_interleave(1) if use_cache else None  # repeat_interleave(1) copies
-            window = _Window(tr, torch.cat([ctx_content, prior_content], dim=1), window_codes, window_acts, cache,
-                             pos_table)
+            window = _Window(tr, torch.cat([ctx_content, prior_content], dim=1), window_acts, cache, pos_table)
             if use_cache and prior:
                 prev = torch.cat([ctx_content[:, -1:], prior_content[:, :-1]], dim=1)
-                same = tr.same_cell(window_codes, window_codes.shape[1])
-                tr.prefill(prev, window_acts, cache, None if same is None else same[:, c * n:])
+                tr.prefill(prev, window_acts, cache)
             prev_content = (prior_content if prior else ctx_content)[:, -1]  # [M, D]
         window.frame_act = window_acts
-        # previous-frame code embeddings of this frame's slots: the window frame before it
-        prev_frame = frames[step - 1] if step > first else ctx_codes[:, -n:]  # [M, N]
-        window.begin_frame(tr.prev_emb(prev_frame) if tr.prev_emb is not None else None)
+        window.begin_frame()
         codes = []
         for j in range(n):
             logits = window.step(prev_content, j)
             tok = top_k_sample(logits, top_k=top_k, temperature=temperature, generator=generator)
             prev_content = torch.nn.functional.embedding(tok, tr.tok_emb.weight)  # [M, D] (no module call per code)
-            window.push(tok, prev_content)
+            window.push(prev_content)
             codes.append(tok)
         frames.append(torch.stack(codes, dim=1))  # [M, N]
     out = torch.stack(frames, dim=1)  # [M, T, N]

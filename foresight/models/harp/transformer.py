@@ -12,8 +12,6 @@ Slot p (0 <= p < T*N) PREDICTS code p; its input is
   + pos(p)             learned spatio-temporal embedding: time[frame(p)] + row[i(p)] + col[j(p)]
   + act(frame(p))      HARP App. A.3: a linear map of the action that leads INTO frame(p), i.e. the embedding
                        of the action for step t+1 is added to every token embedding used to predict frame t+1
-  + prev(code p-N)     only with ``prev_frame_codes`` (not in the paper): the code at the same cell of the
-                       previous frame, so copying an unchanged cell needs no learned attention pattern
 
 where content(code) = tok_emb(code), plus, for the C context frames, a ResNet feature map of the context frame
 at that code's position (VideoGPT / HARP condition on ResNet features of the context frames). Context frames
@@ -49,10 +47,6 @@ class CodeTransformer(nn.Module):
         self.row_emb = nn.Parameter(torch.randn(g, d) * 0.02)
         self.col_emb = nn.Parameter(torch.randn(g, d) * 0.02)
         self.action_proj = nn.Linear(config.action_dim, d) if config.action_dim > 0 else None
-        self.prev_emb = None
-        if config.prev_frame_codes:
-            self.prev_emb = nn.Embedding(config.codebook_size, d)
-            nn.init.zeros_(self.prev_emb.weight)  # starts as the paper's model; learns what to add
         self.context_net = None
         if config.context_resnet:
             self.context_net = ResNetFeatures(widths=tuple(config.resnet_widths), blocks=tuple(config.resnet_blocks),
@@ -96,26 +90,12 @@ class CodeTransformer(nn.Module):
         pad = emb.new_zeros(emb.shape[0], first_future, emb.shape[2])
         return torch.cat([pad, emb], dim=1)  # [B, frames, D]
 
-    def same_cell(self, codes: Tensor, length: int) -> Tensor | None:
-        """Previous-frame code embeddings [B, length, D] of slots 0 .. length-1 (zeros for the first frame's
-        slots) from the window's flat codes [B, >= length - N]; None when the model does not use them."""
-        if self.prev_emb is None:
-            return None
-        n = self.codes_per_frame
-        emb = self.prev_emb(codes[:, :max(length - n, 0)].long())  # [B, length-N, D]
-        pad = emb.new_zeros(emb.shape[0], min(n, length), emb.shape[2])
-        return torch.cat([pad, emb], dim=1)
-
-    def slot_inputs(self, prev_content: Tensor, start: int, frame_act: Tensor | None,
-                    same: Tensor | None = None) -> Tensor:
-        """Inputs of slots start .. start+L-1 given the content of the codes before them [B, L, D] (and, with
-        ``prev_frame_codes``, the previous-frame code embeddings of those slots ``same`` [B, L, D])."""
+    def slot_inputs(self, prev_content: Tensor, start: int, frame_act: Tensor | None) -> Tensor:
+        """Inputs of slots start .. start+L-1 given the content of the codes before them [B, L, D]."""
         slots = torch.arange(start, start + prev_content.shape[1], device=prev_content.device)
         x = prev_content + self.pos(slots).to(prev_content.dtype)
         if frame_act is not None:
             x = x + frame_act[:, slots // self.codes_per_frame]  # [B, L, D]
-        if same is not None:
-            x = x + same.to(x.dtype)
         return x
 
     def shifted(self, content: Tensor) -> Tensor:
@@ -132,8 +112,7 @@ class CodeTransformer(nn.Module):
         """
         c, t = self.config.context_frames, codes.shape[1]
         content = self.content(codes, context_frames)  # [B, T*N, D]
-        same = self.same_cell(codes.flatten(1), content.shape[1])
-        x = self.slot_inputs(self.shifted(content), 0, self.frame_actions(actions, t, c), same)
+        x = self.slot_inputs(self.shifted(content), 0, self.frame_actions(actions, t, c))
         h = self.transformer(x)  # [B, T*N, D]
         return self.head(h[:, c * self.codes_per_frame:])  # [B, F*N, K]
 
@@ -143,10 +122,10 @@ class CodeTransformer(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
 
     # ------------------------------------------------------------------ cached stepping (sampling)
-    def prefill(self, content: Tensor, frame_act: Tensor | None, cache: KVCache, same: Tensor | None = None) -> Tensor:
+    def prefill(self, content: Tensor, frame_act: Tensor | None, cache: KVCache) -> Tensor:
         """Run slots ``cache.length .. cache.length+L-1`` whose previous-code contents are ``content``
-        [B, L, D] (previous-frame code embeddings ``same``); returns their logits [B, L, K] and advances the cache."""
-        x = self.slot_inputs(content, cache.length, frame_act, same)
+        [B, L, D]; returns their logits [B, L, K] and advances the cache."""
+        x = self.slot_inputs(content, cache.length, frame_act)
         return self.head(self.transformer(x, cache=cache))
 
     def step(self, prev_content: Tensor, slot_emb: Tensor, cache: KVCache, weights: list[tuple] | None = None) -> Tensor:
@@ -174,12 +153,9 @@ class CodeTransformer(nn.Module):
         content = self.content(codes, context_frames)  # [B, T*N, D]
         future_actions = actions[:, c - 1:] if (actions is not None and t > c) else None
         frame_act = self.frame_actions(future_actions, t, c) if future_actions is not None else None
-        flat = codes.flatten(1)
-        main = self.slot_inputs(self.shifted(content), 0, frame_act, self.same_cell(flat, t * n))  # [B, T*N, D]
+        main = self.slot_inputs(self.shifted(content), 0, frame_act)  # [B, T*N, D]
         ends = torch.arange(1, t + 1, device=codes.device) * n  # first slot of frame t+1
         readout = content[:, ends - 1] + self.pos(ends).to(content.dtype)  # [B, T, D]
-        if self.prev_emb is not None:  # the read-out stands at slot ends: its same cell is frame t's first code
-            readout = readout + self.prev_emb(flat[:, ends - n].long()).to(readout.dtype)
         total = t * n + t
         q = torch.arange(total, device=codes.device)
         # main slot p sees slots <= p; read-out r sees main slots < ends[r] and itself
