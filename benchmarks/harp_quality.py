@@ -116,7 +116,8 @@ def main() -> None:
         with torch.no_grad():
             rec = model.decode(model.encode(test_frames))
         rec_psnr = float(psnr(rec, test_frames).mean())
-        log({"tokenizer_steps": steps1, "tokenizer_steps_total": int(model.tokenizer.step), "test_frames": len(test_frames), "reconstruction_psnr": rec_psnr})
+        log({"tokenizer_steps": steps1, "tokenizer_steps_total": int(model.tokenizer.step),
+             "test_frames": len(test_frames), "reconstruction_psnr": rec_psnr})
 
         # ---- stage 2: transformer on cached codes (clips every cache_step-th start: fewer frames to encode once)
         model.set_stage("transformer")
@@ -149,7 +150,8 @@ def main() -> None:
         with torch.no_grad():
             rec_psnr = float(psnr(model.decode(model.encode(test_frames)), test_frames).mean())
     results = {"init": args.init, "tokenizer_steps": steps1,
-               "tokenizer_steps_total": int(model.tokenizer.step), "transformer_steps": steps2, "reconstruction_psnr": rec_psnr,
+               "tokenizer_steps_total": int(model.tokenizer.step), "transformer_steps": steps2,
+               "reconstruction_psnr": rec_psnr,
                "eval_clips": len(idx), "budget_minutes": [args.tokenizer_minutes, args.transformer_minutes],
                "threads": args.threads}
     model.set_stage("transformer")

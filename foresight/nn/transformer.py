@@ -156,7 +156,8 @@ class CausalTransformer(nn.Module):
         """
         b, d = x.shape
         weights = weights if weights is not None else self.step_weights()
-        for i, (l1w, l1b, l1e, qkv_w, qkv_b, heads, pw, pb, l2w, l2b, l2e, f1w, f1b, f2w, f2b) in enumerate(weights[:-1]):
+        for i, layer in enumerate(weights[:-1]):
+            l1w, l1b, l1e, qkv_w, qkv_b, heads, pw, pb, l2w, l2b, l2e, f1w, f1b, f2w, f2b = layer
             h = F.layer_norm(x, (d,), l1w, l1b, l1e)
             q, k, v = F.linear(h, qkv_w, qkv_b).view(b, 3, heads, 1, -1).unbind(1)
             keys, values = cache.write(i, k, v)  # [B, Hd, P+1, Dh]

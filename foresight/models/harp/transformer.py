@@ -128,7 +128,8 @@ class CodeTransformer(nn.Module):
         x = self.slot_inputs(content, cache.length, frame_act)
         return self.head(self.transformer(x, cache=cache))
 
-    def step(self, prev_content: Tensor, slot_emb: Tensor, cache: KVCache, weights: list[tuple] | None = None) -> Tensor:
+    def step(self, prev_content: Tensor, slot_emb: Tensor, cache: KVCache,
+             weights: list[tuple] | None = None) -> Tensor:
         """One slot at ``cache.length`` (inference): previous code's content [B, D] + that slot's position (and
         action) embedding ``slot_emb`` ([D] or [B, D]) -> logits [B, K]; the cache advances by one. ``weights``:
         ``self.transformer.step_weights()``, gathered once per sampling call."""
