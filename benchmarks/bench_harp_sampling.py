@@ -16,6 +16,7 @@ import time
 import torch
 
 import foresight
+from foresight.checkpoint import atomic_write_json
 from foresight.models.harp import Harp, HarpConfig
 
 
@@ -60,8 +61,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
+        atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":

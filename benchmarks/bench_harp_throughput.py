@@ -26,6 +26,7 @@ import time
 import torch
 
 import foresight
+from foresight.checkpoint import atomic_write_json
 from foresight.models.harp import Harp, HarpConfig
 
 # dense bf16 tensor-core peak, TFLOP/s (vendor data sheets, SXM parts)
@@ -133,8 +134,7 @@ def main() -> None:
                    "decode_s": round(decode_s, 3)})
     print(json.dumps(result, indent=2))
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
+        atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":

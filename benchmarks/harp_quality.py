@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import foresight
+from foresight.checkpoint import atomic_write_json
 from foresight.data.clips import ClipDataset, shift_augment
 from foresight.data.episodes import EpisodeDataset
 from foresight.metrics.image import psnr, ssim
@@ -154,13 +155,13 @@ def main() -> None:
                "reconstruction_psnr": rec_psnr,
                "eval_clips": len(idx), "budget_minutes": [args.tokenizer_minutes, args.transformer_minutes],
                "threads": args.threads}
-    model.set_stage("transformer")
     with torch.no_grad():  # teacher-forced cross-entropy on the held-out clips: over-fitting shows here first
-        _, heldout = model({"frames": frames, "actions": actions})
         codes = model.encode(frames)  # [B, C+F, h, w]
         logits = model.transformer(codes, context if model.config.context_resnet else None, fut_actions)  # [B, F*N, K]
-    hit = (logits.argmax(-1) == codes[:, c:].flatten(1)).float().view(len(idx), f, -1)
-    results["heldout"] = {k: round(v, 4) for k, v in heldout.items()}
+    target = codes[:, c:].flatten(1)  # [B, F*N]
+    hit = (logits.argmax(-1) == target).float().view(len(idx), f, -1)
+    results["heldout"] = {"ce": round(float(F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())), 4),
+                          "code_accuracy": round(float(hit.mean()), 4)}
     # how often the true code equals the teacher-forced argmax, and equals the last context frame's code there
     results["heldout"]["code_accuracy_per_frame"] = [round(float(v), 3) for v in hit.mean((0, 2))]
     results["heldout"]["copy_code_accuracy_per_frame"] = [
@@ -182,7 +183,7 @@ def main() -> None:
     model.config.top_k = cfg.top_k
     results["copy_last"]["per_frame_psnr"] = [round(float(v), 2) for v in psnr(copy_last, truth).mean(0)]
     log(results)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_json(out / "results.json", results)
 
     # ---- PNG strip: one clip from each of a few different tasks
     tasks = batch["task"].tolist()
