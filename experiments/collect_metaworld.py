@@ -1,11 +1,19 @@
-"""Collect Meta-World MT50 scripted-expert demonstrations into an episode dataset (resumable).
+"""Collect Meta-World MT50 episodes into an episode dataset (resumable): expert demos or world-model interaction data.
 
     python experiments/collect_metaworld.py --out /work/data/metaworld_64                  # 50 tasks x 50 demos
     python experiments/collect_metaworld.py --out /work/data/metaworld_small --tasks mt10 --demos-per-task 10
     python experiments/collect_metaworld.py --out data/mw128 --tasks reach-v3,push-v3 --image-size 128
+    python experiments/collect_metaworld.py --out data/mw_interaction \
+        --tasks reach-v3,push-v3,drawer-close-v3,button-press-topdown-v3,door-open-v3 \
+        --episodes-per-task 40 --policy expert:0.2,noisy:0.4,random:0.4 --episode-steps 50
 
-Re-running the same command after a kill continues where it stopped. The per-task summary is printed at the end
-and written to ``<out>/summary.json``.
+--policy: 'expert' (scripted demos, stopped 10 steps after success, failures not stored), 'noisy' (expert +
+Gaussian noise, sometimes a held random action), 'random' (uniform actions held 1-5 steps), or a mixture of
+fractions per task. Noisy and random episodes run --episode-steps steps and are kept whether or not they succeed.
+Variations >= 10000 are reserved for the planning benchmark and never collected.
+
+Re-running the same command after a kill continues where it stopped; other settings into the same folder are
+refused. The per-task summary is printed at the end and written to ``<out>/summary.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ import argparse
 import json
 from dataclasses import dataclass
 
-from envs.demos import SUCCESS_TAIL, collect_demos, format_summary
+from envs.demos import EPISODE_STEPS, SUCCESS_TAIL, CollectionConfigError, collect_demos, format_summary
+from envs.interaction import PolicyConfig, PolicyMixture
 from envs.metaworld import MT10_TASKS, MT50_TASKS, CameraConfig
 from foresight.checkpoint import atomic_write_bytes
 
@@ -30,6 +39,13 @@ class Args:
     out: str  # dataset directory (created; appended to if it exists)
     tasks: str = "all"  # 'all', 'mt10', a number N (first N of MT50_TASKS, alphabetical) or comma-separated names
     demos_per_task: int = 50  # variations 0..N-1 per task; variation v is test iff v % 10 == 9
+    policy: str = "expert"  # expert | noisy | random | mixture 'expert:0.2,noisy:0.4,random:0.4'
+    episode_steps: int = EPISODE_STEPS  # steps of a noisy or random episode (expert: until success + tail)
+    noise_std: float = PolicyConfig.noise_std  # noisy: Gaussian std added to the expert's actions
+    random_prob: float = PolicyConfig.random_prob  # noisy: per-step probability of a held random action
+    hold_min: int = PolicyConfig.hold_min  # noisy/random: a random action is held k in hold_min..hold_max steps
+    hold_max: int = PolicyConfig.hold_max
+    seed: int = 0  # seed of the noisy/random policies (per episode: seed, task, variation)
     image_size: int = 64  # 64 (default), 128 or 256
     camera: str = "default"  # 'default' (corner2 moved, upright) or a Meta-World camera name
     workers: int = 2  # worker processes (0 = collect in this process)
@@ -50,26 +66,63 @@ def parse_tasks(spec: str) -> list[str]:
     return [t.strip() for t in spec.split(",") if t.strip()]
 
 
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _mixture(text: str) -> str:
+    try:
+        return str(PolicyMixture.parse(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--tasks", default=Args.tasks)
-    p.add_argument("--demos-per-task", type=int, default=Args.demos_per_task)
-    p.add_argument("--image-size", type=int, default=Args.image_size)
+    p.add_argument("--out", required=True, help="dataset directory (created; resumed if it exists)")
+    p.add_argument("--tasks", default=Args.tasks, help="'all', 'mt10', N (first N of MT50) or comma-separated names")
+    p.add_argument("--demos-per-task", "--episodes-per-task", dest="demos_per_task", type=_positive,
+                   default=Args.demos_per_task, help="variations 0..N-1 per task (default %(default)s)")
+    p.add_argument("--policy", type=_mixture, default=Args.policy,
+                   help="expert | noisy | random | 'expert:0.2,noisy:0.4,random:0.4' (default %(default)s)")
+    p.add_argument("--episode-steps", type=_positive, default=Args.episode_steps,
+                   help="steps of a noisy/random episode (default %(default)s)")
+    p.add_argument("--noise-std", type=float, default=Args.noise_std, help="noisy: action noise std (%(default)s)")
+    p.add_argument("--random-prob", type=float, default=Args.random_prob,
+                   help="noisy: per-step probability of starting a held random action (%(default)s)")
+    p.add_argument("--hold-min", type=_positive, default=Args.hold_min, help="shortest hold of a random action")
+    p.add_argument("--hold-max", type=_positive, default=Args.hold_max, help="longest hold of a random action")
+    p.add_argument("--seed", type=int, default=Args.seed, help="seed of the noisy/random policies")
+    p.add_argument("--image-size", type=_positive, default=Args.image_size)
     p.add_argument("--camera", default=Args.camera)
-    p.add_argument("--workers", type=int, default=Args.workers)
-    p.add_argument("--max-steps", type=int, default=Args.max_steps)
+    p.add_argument("--workers", type=int, default=Args.workers, help="worker processes (0 = in this process)")
+    p.add_argument("--max-steps", type=_positive, default=Args.max_steps)
     p.add_argument("--success-tail", type=int, default=Args.success_tail)
     p.add_argument("--sim-states", action="store_true")
     p.add_argument("--max-jobs", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     a = Args(**{k: v for k, v in vars(p.parse_args(argv)).items()})
-    camera = CameraConfig() if a.camera == "default" else CameraConfig.named(a.camera)
-    summary = collect_demos(
-        a.out, tasks=parse_tasks(a.tasks), demos_per_task=a.demos_per_task, image_size=a.image_size,
-        camera=camera, workers=a.workers, max_steps=a.max_steps, success_tail=a.success_tail,
-        record_sim_states=a.sim_states, progress=not a.no_progress, max_jobs=a.max_jobs,
-    )
+    try:
+        camera = CameraConfig() if a.camera == "default" else CameraConfig.named(a.camera)
+        policy_config = PolicyConfig(noise_std=a.noise_std, random_prob=a.random_prob, hold_min=a.hold_min,
+                                     hold_max=a.hold_max)
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        summary = collect_demos(
+            a.out, tasks=parse_tasks(a.tasks), demos_per_task=a.demos_per_task, image_size=a.image_size,
+            camera=camera, workers=a.workers, max_steps=a.max_steps, success_tail=a.success_tail,
+            record_sim_states=a.sim_states, policy=a.policy, episode_steps=a.episode_steps,
+            policy_config=policy_config, seed=a.seed, progress=not a.no_progress, max_jobs=a.max_jobs,
+        )
+    except CollectionConfigError as e:
+        p.error(str(e))
     print(format_summary(summary))
     out = summary.to_dict()
     atomic_write_bytes(os.path.join(a.out, "summary.json"), json.dumps(out, indent=1).encode())
