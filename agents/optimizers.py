@@ -9,7 +9,8 @@ Axis legend::
 An optimiser minimises a black-box ``objective(actions [N, H, A]) -> cost [N]`` (lower is better) inside box
 bounds ``action_low <= a <= action_high`` (tensors ``[A]``). Every optimiser is seedable: the same ``seed`` (or a
 ``torch.Generator`` in the same state) gives the same plan. Each ``optimize`` returns a `PlanResult` with the best
-sequence it evaluated (MPPI: its final weighted mean), its cost and the number of objective evaluations spent.
+sequence it evaluated, its cost (= the lowest cost evaluated = ``min(iteration_costs)``) and the number of objective
+evaluations spent. No sequence is scored twice in one ``optimize`` call (warm start, carried elites).
 
 `TrajectoryPlanner` wraps any optimiser for closed-loop use: fixed horizon, action repeat (H/r distinct actions,
 each held r steps) and warm start from the previous plan shifted by the replan interval.
@@ -102,14 +103,29 @@ def _make_generator(generator: torch.Generator | None, seed: int | None) -> torc
     return generator
 
 
+def _unique_rows(rows: Tensor, seen: Tensor | None = None) -> Tensor:
+    """The rows of ``[K, H, A]`` that are neither repeated earlier in ``rows`` nor in ``seen [M, H, A]``, in order.
+
+    The extra candidates (warm start, carried elites) often coincide: the shifted previous plan is the shifted best
+    elite. Scoring a sequence twice spends a model rollout on a known answer."""
+    if rows.shape[0] == 0:
+        return rows
+    flat = rows.flatten(1)  # [K, H*A]
+    same = (flat[:, None] == flat[None]).all(-1).tril(-1).any(1)  # [K]: equal to an earlier row
+    if seen is not None and seen.shape[0]:
+        same |= (flat[:, None] == seen.flatten(1)[None]).all(-1).any(1)
+    return rows[~same]
+
+
 def _evaluate(objective: Objective, actions: Tensor) -> Tensor:
     cost = objective(actions)
     if not isinstance(cost, Tensor) or cost.shape != (actions.shape[0],):
         got = list(cost.shape) if isinstance(cost, Tensor) else type(cost).__name__
         raise ValueError(f"objective: expected costs [N={actions.shape[0]}] for actions {list(actions.shape)}, got {got}")
     cost = cost.detach().float().cpu()
-    # A diverging model can produce NaN; treat it as the worst cost rather than letting it poison the elites.
-    return torch.nan_to_num(cost, nan=float("inf"))
+    # A diverging model can produce NaN or +-inf; treat them as the worst cost (inf) rather than letting them
+    # poison the elites. (nan_to_num's default would turn +inf into the largest float, ranking it above NaN.)
+    return torch.where(torch.isfinite(cost), cost, torch.full_like(cost, float("inf")))
 
 
 class Optimizer:
@@ -146,14 +162,13 @@ class Optimizer:
         """Zero-mean unit-variance noise [n, H, A], white, colored (1/f^beta) and/or AR(1)-smoothed in time."""
         eps = colored_noise((n, a, horizon), self.noise_beta, generator=generator).transpose(1, 2)  # [n, H, A]
         if self.smoothing > 0:
-            # e_t = (1 - b) n_t + b e_{t-1}, then rescaled to unit stationary variance: the correlated noise of
-            # the control-centric video-prediction benchmark (b = 0.5).
-            b = self.smoothing
+            # Stationary AR(1) with unit variance at every step: n_0 = e_0, n_t = rho n_{t-1} + sqrt(1 - rho^2) e_t
+            # (the correlated noise of the control-centric video-prediction benchmark uses rho = 0.5).
+            rho = self.smoothing
             out = torch.empty_like(eps)
             out[:, 0] = eps[:, 0]
             for t in range(1, horizon):
-                out[:, t] = (1 - b) * eps[:, t] + b * out[:, t - 1]
-            out[:, 1:] *= math.sqrt((1 + b) / (1 - b))
+                out[:, t] = rho * out[:, t - 1] + math.sqrt(1 - rho**2) * eps[:, t]
             eps = out
         return eps
 
@@ -186,7 +201,8 @@ class Optimizer:
 class RandomShooting(Optimizer):
     """Uniform random sequences in the box; keeps the best. ``iterations`` chunks the same budget (no refit).
 
-    The warm-start mean and any ``init_samples`` are evaluated as extra candidates.
+    The warm-start mean and any ``init_samples`` (without repeats) are evaluated as extra candidates. When every
+    cost is NaN / inf the first candidate (the warm start if given) is returned, with cost inf.
     """
 
     def _optimize(self, objective, horizon, low, high, init_mean, init_samples, generator):
@@ -199,11 +215,11 @@ class RandomShooting(Optimizer):
                 extra = [s for s in (None if init_mean is None else self._initial(horizon, low, high, init_mean)[0][None],
                                      init_samples) if s is not None]
                 if extra:
-                    samples = torch.cat([*extra, samples])[: max(self.num_samples, 1)]
+                    samples = torch.cat([_unique_rows(torch.cat(extra)), samples])[: self.num_samples]
             cost = _evaluate(objective, samples)
             evals += samples.shape[0]
             i = int(cost.argmin())
-            if float(cost[i]) < best_cost:
+            if best is None or float(cost[i]) < best_cost:
                 best_cost, best = float(cost[i]), samples[i].clone()
             per_iter.append(best_cost)
         return PlanResult(actions=best, cost=best_cost, num_evaluations=evals, iteration_costs=per_iter,
@@ -290,17 +306,25 @@ class CEM(Optimizer):
     def _optimize(self, objective, horizon, low, high, init_mean, init_samples, generator):
         mean, std = self._initial(horizon, low, high, init_mean)
         scale = torch.diag(std.flatten()) if self.full_covariance else std
-        best_cost, best, evals, per_iter, elites = float("inf"), mean.clone(), 0, [], None
+        best_cost, best, evals, per_iter = float("inf"), mean.clone(), 0, []
+        elites = elite_cost = None
         for it in range(self.iterations):
-            extra = self._extra_candidates(it, mean, elites, init_samples)
-            n = max(self._population(it) - sum(e.shape[0] for e in extra), 1)
-            samples = torch.cat([*extra, self._sample(n, mean, scale, low, high, generator)])  # [N, H, A]
-            samples = torch.maximum(torch.minimum(samples, high), low)
-            cost = _evaluate(objective, samples)
-            evals += samples.shape[0]
-            order = cost.argsort()
+            extra = _unique_rows(torch.cat(self._extra_candidates(it, mean, elites, init_samples)))  # [E, H, A]
+            n = max(self._population(it) - extra.shape[0], 1)
+            # Carried elites (iCEM) were scored in the previous iteration: reuse their costs, do not re-score them.
+            known, known_cost = extra[:0], torch.zeros(0)
+            if elites is not None:
+                match = (extra.flatten(1)[:, None] == elites.flatten(1)[None]).all(-1)  # [E, K]
+                hit = match.any(1)
+                known, known_cost, extra = extra[hit], elite_cost[match[hit].float().argmax(1)], extra[~hit]
+            fresh = torch.cat([extra, self._sample(n, mean, scale, low, high, generator)])
+            fresh = torch.maximum(torch.minimum(fresh, high), low)  # [N', H, A]
+            fresh_cost = _evaluate(objective, fresh)
+            evals += fresh.shape[0]
+            samples, cost = torch.cat([known, fresh]), torch.cat([known_cost, fresh_cost])  # [N, H, A], [N]
+            order = cost.argsort(stable=True)
             k = self.num_elites(samples.shape[0])
-            elites = samples[order[:k]]  # [K, H, A], best first
+            elites, elite_cost = samples[order[:k]], cost[order[:k]]  # [K, H, A], best first
             if float(cost[order[0]]) < best_cost:
                 best_cost, best = float(cost[order[0]]), samples[order[0]].clone()
             per_iter.append(best_cost)
@@ -350,46 +374,83 @@ class MPPI(Optimizer):
     """Model-predictive path integral: a cost-weighted average of perturbed sequences.
 
     weights = softmax(-(cost - min) / (temperature * s)), with s = std of the costs when ``normalize_costs``
-    (the default, so one temperature works for pixel costs of any scale), else s = 1. The returned plan is the
-    final weighted mean (evaluated once more to report its cost). With ``adapt_std`` the noise std is refit to
-    the weighted spread of the samples each iteration (as in TD-MPC's MPPI); without it the std stays fixed
-    (classic MPPI), which cannot resolve an optimum finer than the noise.
+    (the default, so one temperature works for pixel costs of any scale), else s = 1. The temperature is then
+    raised (bisection) until the effective sample size 1 / sum(w^2) is at least ``min_ess`` of the population:
+    on a plateau (every pixel cost is nearly equal until the prediction overlaps the goal) one sample below the
+    plateau makes the std of the costs small against its own gap, takes all the weight, and the refit std would
+    collapse onto it (measured: 0.48 -> 0.001 in one iteration); the floor keeps the refit on several samples.
+    With ``adapt_std`` the noise std is refit to the weighted spread of the samples each iteration (as in
+    TD-MPC's MPPI); without it the std stays fixed (classic MPPI), which cannot resolve an optimum finer than
+    the noise. The final weighted mean is scored as one more candidate; the returned plan is the best sequence
+    evaluated (often that mean).
     """
 
     def __init__(self, *, num_samples: int = 200, iterations: int = 3, temperature: float = 0.5,
                  normalize_costs: bool = True, momentum: float = 0.0, init_std: float | Tensor | None = None,
                  noise_beta: float = 0.0, smoothing: float = 0.0, std_decay: float = 1.0, adapt_std: bool = True,
-                 min_std: float = 1e-3):
+                 min_std: float = 1e-3, min_ess: float = 0.05):
         super().__init__(num_samples=num_samples, iterations=iterations, init_std=init_std, noise_beta=noise_beta,
                          smoothing=smoothing)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0.0 <= min_ess <= 1.0:
+            raise ValueError(f"min_ess must be in [0, 1], got {min_ess}")
         self.temperature = float(temperature)
         self.normalize_costs = bool(normalize_costs)
         self.momentum = float(momentum)
         self.std_decay = float(std_decay)
         self.adapt_std = bool(adapt_std)
         self.min_std = float(min_std)
+        self.min_ess = float(min_ess)
+
+    def weights(self, cost: Tensor) -> Tensor:
+        """Sample weights ``[N]`` (sum 1) of costs ``[N]``; inf / NaN costs count as the worst finite one."""
+        n = cost.numel()
+        finite = torch.isfinite(cost)
+        if not bool(finite.any()):
+            return torch.full((n,), 1.0 / n)
+        c = torch.where(finite, cost, cost[finite].max())
+        c = (c - c.min()).double()  # [N] >= 0; double: the bisection below may reach large temperatures
+        s = float(c.std()) if self.normalize_costs and n > 1 else 1.0
+        s = s if s > 0 else 1.0
+
+        def at(lam: float) -> tuple[Tensor, float]:
+            w = torch.softmax(-c / lam, dim=0)
+            return w, float(1.0 / w.pow(2).sum())
+
+        lam = self.temperature * s
+        w, ess = at(lam)
+        floor = self.min_ess * n
+        if ess < floor:
+            lo, hi = lam, lam
+            while ess < floor and hi < lam * 1e12:  # ESS grows with the temperature, to n as lam -> inf
+                lo, hi = hi, hi * 4
+                w, ess = at(hi)
+            for _ in range(30):  # geometric bisection for the smallest temperature that meets the floor
+                mid = math.sqrt(lo * hi)
+                wm, em = at(mid)
+                if em >= floor:
+                    hi, w = mid, wm
+                else:
+                    lo = mid
+        return w.float()
 
     def _optimize(self, objective, horizon, low, high, init_mean, init_samples, generator):
         mean, std = self._initial(horizon, low, high, init_mean)
         a = low.numel()
         best_cost, best, evals, per_iter = float("inf"), mean.clone(), 0, []
         for it in range(self.iterations):
-            extra = [mean[None]] + ([init_samples] if (it == 0 and init_samples is not None) else [])
-            n = max(self.num_samples - sum(e.shape[0] for e in extra), 1)
+            extra = _unique_rows(torch.cat([mean[None]] + ([init_samples] if it == 0 and init_samples is not None else [])))
+            n = max(self.num_samples - extra.shape[0], 1)
             noise = self._noise(n, horizon, a, generator) * std
-            samples = torch.cat([*extra, mean + noise])
+            samples = torch.cat([extra, mean + noise])
             samples = torch.maximum(torch.minimum(samples, high), low)  # [N, H, A]
             cost = _evaluate(objective, samples)
             evals += samples.shape[0]
             i = int(cost.argmin())
             if float(cost[i]) < best_cost:
                 best_cost, best = float(cost[i]), samples[i].clone()
-            finite = torch.isfinite(cost)
-            c = torch.where(finite, cost, cost[finite].max() if finite.any() else torch.zeros(()))
-            s = c.std().clamp_min(1e-8) if self.normalize_costs else torch.tensor(1.0)
-            w = torch.softmax(-(c - c.min()) / (self.temperature * s), dim=0)  # [N]
+            w = self.weights(cost)  # [N]
             new_mean = (w[:, None, None] * samples).sum(0)  # [H, A]
             if self.adapt_std:
                 new_std = (w[:, None, None] * (samples - new_mean).pow(2)).sum(0).sqrt()
@@ -397,11 +458,15 @@ class MPPI(Optimizer):
             std = (std * self.std_decay).clamp_min(self.min_std)
             mean = self.momentum * mean + (1 - self.momentum) * new_mean
             per_iter.append(best_cost)
+        # The final mean is one more candidate, scored like the others.
         final_cost = float(_evaluate(objective, mean[None])[0])
         evals += 1
-        per_iter[-1] = min(per_iter[-1], final_cost)
-        return PlanResult(actions=mean, cost=final_cost, num_evaluations=evals, iteration_costs=per_iter,
-                          elites=mean[None])
+        if final_cost < best_cost:
+            best_cost, best = final_cost, mean.clone()
+        per_iter[-1] = best_cost
+        elites = _unique_rows(torch.stack([best, mean]))  # the best, then the distribution's mean for carry-over
+        return PlanResult(actions=best, cost=best_cost, num_evaluations=evals, iteration_costs=per_iter,
+                          elites=elites)
 
 
 class TrajectoryPlanner:

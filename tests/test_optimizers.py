@@ -169,3 +169,113 @@ def test_action_repeat_holds_each_action():
     assert torch.equal(a[:, 0], a[:, 1]) and torch.equal(a[:, 1], a[:, 2]) and torch.equal(a[:, 3], a[:, 5])
     assert torch.equal(a[:, 6], a[:, 6]) and not torch.equal(a[:, 2], a[:, 3])
     assert res.actions.shape == (7, A) and torch.equal(res.actions[0], res.actions[2])
+
+
+# ---------------------------------------------------------------------------------------------- defects (issue 15)
+def plateau_objective(seed, horizon=3, log=None):
+    """Cost 1 (tilted by 1e-3, as pixel costs are nearly equal before a prediction overlaps the goal) except in a
+    basin of radius 0.7 around a random target, where it falls to 0. ``log`` collects each batch's sample std."""
+    target = torch.rand(horizon, A, generator=torch.Generator().manual_seed(1000 + seed)) * 1.4 - 0.7
+
+    def obj(a):
+        if log is not None and a.shape[0] > 2:
+            log.append(float(a.std(0).mean()))
+        d2 = (a - target).pow(2).sum((1, 2))
+        return torch.minimum(d2 / 0.7**2, torch.ones(())) + 1e-3 * a.pow(2).sum((1, 2))
+
+    return obj
+
+
+def test_mppi_keeps_exploring_on_a_plateau_and_beats_random_shooting():
+    # Before the fix one sample below the plateau took all the weight: the sample std fell from 0.48 to ~0.001
+    # after one iteration, and MPPI ended worse than random shooting on 7 of 10 seeds.
+    mppi_costs, rs_costs = [], []
+    for seed in range(10):
+        log = []
+        res = MPPI(num_samples=100, iterations=5).optimize(plateau_objective(seed, log=log), horizon=3,
+                                                           action_low=LOW, action_high=HIGH, seed=seed)
+        assert log[1] > 0.25, log  # the second population still spreads over the box
+        rs = RandomShooting(num_samples=res.num_evaluations).optimize(plateau_objective(seed), horizon=3,
+                                                                     action_low=LOW, action_high=HIGH, seed=seed)
+        mppi_costs.append(res.cost)
+        rs_costs.append(rs.cost)
+    assert sum(m <= r for m, r in zip(mppi_costs, rs_costs)) >= 9, (mppi_costs, rs_costs)
+    assert sum(mppi_costs) < 0.5 * sum(rs_costs)
+
+
+def test_mppi_weights_keep_an_effective_sample_size_floor():
+    cost = torch.ones(200) + 1e-3 * torch.rand(200, generator=torch.Generator().manual_seed(0))
+    cost[17] = 0.5  # one sample below the plateau
+    w = MPPI(num_samples=200).weights(cost)
+    assert abs(float(w.sum()) - 1) < 1e-5 and int(w.argmax()) == 17
+    assert float(1 / w.pow(2).sum()) >= 0.05 * 200 - 1e-3
+    assert torch.allclose(MPPI().weights(torch.full((8,), float("nan"))), torch.full((8,), 1 / 8))
+
+
+def rastrigin(log):
+    shift = torch.linspace(-0.4, 0.4, 10 * 4).view(10, 4)
+
+    def obj(a):
+        z = 5.12 * (a - shift)
+        c = (z.pow(2) - 10 * torch.cos(2 * torch.pi * z) + 10).sum((1, 2))
+        log.append(c.clone())
+        return c
+
+    return obj
+
+
+@pytest.mark.parametrize("name,kw", [("random", {}), ("cem", {}), ("cem", {"full_covariance": True}),
+                                     ("icem", {}), ("mppi", {}), ("mppi", {"temperature": 0.1})])
+def test_returns_the_best_evaluated_plan_consistently(name, kw):
+    # MPPI used to return its final weighted mean (Rastrigin: 387) while a candidate it evaluated scored 284.
+    log = []
+    res = make_optimizer(name, num_samples=100, iterations=4, **kw).optimize(
+        rastrigin(log), horizon=10, action_low=LOW[:1].expand(4), action_high=HIGH[:1].expand(4), seed=0)
+    seen = torch.cat(log)
+    assert res.num_evaluations == seen.numel()
+    assert res.cost == float(seen.min()) == min(res.iteration_costs) == res.iteration_costs[-1]
+    assert float(rastrigin([])(res.actions[None])[0]) == res.cost
+
+
+def test_ar1_smoothing_noise_is_stationary_with_unit_variance():
+    # n_0 ~ N(0, 1), n_t = rho n_{t-1} + sqrt(1 - rho^2) e_t; it used to give per-step variances 1.00, 1.51, 1.11, ...
+    g = torch.Generator().manual_seed(0)
+    eps = CEM(num_samples=8, smoothing=0.5)._noise(40000, 8, 2, g)  # [N, H, A]
+    var = eps.var(0)  # [H, A]
+    assert (var - 1).abs().max() < 0.04, var[:, 0]
+    lag1 = float((eps[:, 1:] * eps[:, :-1]).mean())
+    assert abs(lag1 - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["nan", "nan_and_inf"])
+@pytest.mark.parametrize("name", ["random", "cem", "icem", "mppi"])
+def test_all_costs_nan_or_inf_return_a_plan_with_cost_inf(name, mixed):
+    # Random shooting raised TypeError when every cost was NaN; +inf was turned into 3.4e38 (ranked above NaN).
+    def obj(a):
+        c = torch.full((a.shape[0],), float("nan"))
+        if mixed:
+            c[1::2] = float("inf")
+        return c
+
+    warm = torch.full((H, A), 0.25)
+    res = make_optimizer(name, num_samples=16, iterations=2).optimize(obj, horizon=H, action_low=LOW, action_high=HIGH,
+                                                                      init_mean=warm, seed=0)
+    assert res.cost == float("inf") and res.actions.shape == (H, A)
+    assert torch.isfinite(res.actions).all() and (res.actions >= LOW).all() and (res.actions <= HIGH).all()
+    if name == "random":
+        assert torch.equal(res.actions, warm)  # the first candidate: the warm start
+
+
+@pytest.mark.parametrize("name", ["random", "cem", "icem", "mppi"])
+def test_warm_started_plan_scores_no_sequence_twice(name):
+    # The shifted previous plan equals the shifted best elite: it used to be scored twice (and iCEM re-scored the
+    # elites it carries from one iteration to the next).
+    planner = TrajectoryPlanner(make_optimizer(name, num_samples=32, iterations=3), horizon=H, action_low=LOW,
+                                action_high=HIGH)
+    planner.plan(Quadratic(), seed=0)
+    planner.advance(1)
+    obj = Quadratic()
+    res = planner.plan(obj, seed=1)
+    rows = torch.cat(obj.seen).flatten(1)  # every sequence scored in the warm-started plan
+    assert rows.shape[0] == res.num_evaluations
+    assert torch.unique(rows, dim=0).shape[0] == rows.shape[0]
