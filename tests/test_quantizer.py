@@ -86,5 +86,66 @@ def test_dead_codes_restart_on_encoder_outputs_and_stats():
     assert stats["dead_codes"] == 3
     d = torch.cdist(q.codebook[1:], data)
     assert float(d.min(dim=1).values.max()) < 1e-5  # restarted codes sit on encoder outputs
-    assert torch.all(q.ema_count[1:] == 1.0)
+    assert torch.all(q.ema_count[1:] == q.restart_count()) and q.restart_count() > q.dead_threshold
     assert 1.0 <= stats["perplexity"] <= 4.0
+
+
+def test_vectors_of_a_code_restarted_this_step_keep_the_code_they_were_assigned():
+    # Code 1 wins one vector but its EMA count still falls below the threshold, so it is restarted in the same
+    # step on some other encoder output. That vector must be quantized to the code it was assigned (the
+    # codebook its nearest code was chosen from), not to the unrelated restart vector.
+    torch.manual_seed(0)
+    q = VectorQuantizer(num_codes=2, code_dim=2, decay=0.5, dead_threshold=1.0, init_from_data=False).train()
+    q.codebook.copy_(torch.tensor([[0.0, 0.0], [100.0, 100.0]]))
+    q.ema_sum.copy_(q.codebook)
+    q.ema_count.copy_(torch.tensor([20.0, 0.1]))  # code 1: 0.5 * 0.1 + 0.5 * 1 = 0.55 < 1 -> restarted
+    before = q.codebook.clone()
+    data = torch.cat([torch.randn(15, 2) * 0.1, torch.tensor([[100.5, 99.5]])])
+    z_q, codes, loss, stats = q(_grid(data).requires_grad_())
+    assert stats["dead_codes"] == 1 and codes.view(-1)[15] == 1
+    assert not torch.equal(q.codebook[1], before[1])  # code 1 was moved ...
+    flat_q = z_q.detach()[0, :, 0].t()  # [16, 2]
+    assert torch.equal(flat_q, before[codes.view(-1)])  # ... but this step's vectors use the code they chose
+    expected = 0.25 * torch.mean((data - before[codes.view(-1)]) ** 2)
+    assert torch.allclose(loss, expected)  # commitment towards the assigned code, not the restart vector
+
+
+def test_restarted_code_survives_batches_that_miss_it():
+    torch.manual_seed(0)
+    q = VectorQuantizer(num_codes=2, code_dim=2, decay=0.9, dead_threshold=1.0, init_from_data=False).train()
+    q.codebook.copy_(torch.tensor([[0.0, 0.0], [100.0, 100.0]]))
+    q.ema_sum.copy_(q.codebook)
+    q.ema_count.copy_(torch.tensor([20.0, 0.5]))
+    _, _, _, stats = q(_grid(torch.randn(8, 2) * 0.1).requires_grad_())
+    assert stats["dead_codes"] == 1  # 0.9 * 0.5 < 1: restarted (on one of these vectors)
+    restarts = []
+    for _ in range(11):
+        at_code0 = q.codebook[0].expand(8, 2).clone()  # a batch that all goes to code 0: code 1 wins nothing
+        _, codes, _, stats = q(_grid(at_code0).requires_grad_())
+        assert torch.all(codes == 0)
+        restarts.append(stats["dead_codes"])
+    # Alive for the 10 grace batches that miss it, restarted on the 11th (not after the first miss).
+    assert restarts == [0] * 10 + [1] and q.restart_grace == 10
+
+
+def test_distances_and_ema_run_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    codebook = torch.randn(64, 8) * 0.05 + 3.0  # codes close together far from 0: bf16 cannot tell them apart
+    flat = torch.randn(512, 8) * 0.05 + 3.0
+
+    def run(autocast: bool):
+        q = VectorQuantizer(num_codes=64, code_dim=8, dead_threshold=0.0, init_from_data=False).train()
+        q.codebook.copy_(codebook)
+        q.ema_sum.copy_(codebook)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            nearest = q.nearest(flat)
+            z_q, codes, loss, _ = q(_grid(flat).requires_grad_())
+        return nearest, z_q, codes, loss, q
+
+    n32, zq32, c32, l32, q32 = run(False)
+    n16, zq16, c16, l16, q16 = run(True)
+    assert torch.equal(n16, n32) and torch.equal(c16, c32)
+    assert zq16.dtype == torch.float32 and torch.equal(zq16, zq32)
+    assert l16.dtype == torch.float32 and torch.allclose(l16, l32, rtol=1e-6, atol=0)
+    assert torch.allclose(q16.ema_sum, q32.ema_sum, rtol=1e-6, atol=0)
+    assert torch.allclose(q16.codebook, q32.codebook, rtol=1e-6, atol=0)

@@ -16,10 +16,21 @@ Choices (VQ-VAE / VideoGPT practice, see REFERENCE.md):
 * A code whose EMA count falls below ``dead_threshold`` is restarted at a random encoder output of the current
   batch. Under DistributedDataParallel the counts and sums are all-reduced, and initialisation / restart
   vectors are chosen on rank 0 and broadcast, so every rank keeps the same codebook.
-* Distances and EMA statistics are computed in float32 even under bf16 autocast.
+* A restarted code gets an EMA count that stays above ``dead_threshold`` for ``restart_grace`` steps without a
+  single assignment: a count equal to the threshold would fall below it after one batch that missed the code,
+  so a rare code would be restarted again and again before it could attract any data.
+* A step's vectors are quantized with the codebook their nearest codes were chosen from (the codebook before
+  this step's EMA update and restarts, as in VideoGPT and Sonnet's VQ-VAE-EMA): a code restarted this step
+  already holds an unrelated encoder output, so looking it up would hand the decoder a vector the assignment
+  never saw.
+* Distances and EMA statistics are computed in float32 even under bf16 autocast (autocast is switched off for
+  them: under autocast a float32 matmul still runs in bf16, whose 8-bit mantissa picks wrong nearest codes and
+  lets the EMA sums drift).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.distributed as dist
@@ -45,6 +56,14 @@ def _broadcast(x: Tensor) -> Tensor:
     return x
 
 
+def _float32(device: torch.device):
+    """A block whose matmuls run in the dtype of their inputs (float32 here), whatever autocast is active."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know has no autocast to switch off
+        return contextlib.nullcontext()
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour quantization of channel vectors with a straight-through gradient.
 
@@ -54,11 +73,15 @@ class VectorQuantizer(nn.Module):
     """
 
     def __init__(self, *, num_codes: int, code_dim: int, beta: float = 0.25, ema: bool = True,
-                 decay: float = 0.99, eps: float = 1e-5, dead_threshold: float = 1.0, init_from_data: bool = True):
+                 decay: float = 0.99, eps: float = 1e-5, dead_threshold: float = 1.0, restart_grace: int = 10,
+                 init_from_data: bool = True):
         super().__init__()
+        if restart_grace < 0:
+            raise ValueError(f"restart_grace: expected steps >= 0, got {restart_grace}")
         self.num_codes, self.code_dim = num_codes, code_dim
         self.beta, self.ema, self.decay, self.eps = beta, ema, decay, eps
         self.dead_threshold = dead_threshold
+        self.restart_grace = restart_grace  # steps a restarted code survives without any assignment
         init = torch.randn(num_codes, code_dim) / code_dim**0.5
         if ema:
             self.register_buffer("codebook", init.clone())
@@ -71,10 +94,11 @@ class VectorQuantizer(nn.Module):
 
     # ------------------------------------------------------------------ lookup
     def nearest(self, flat: Tensor) -> Tensor:
-        """flat [N, E] -> code indices [N] (squared Euclidean distance)."""
-        cb = self.codebook.float()
-        dist2 = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.t() + cb.pow(2).sum(1)[None]  # [N, K]
-        return dist2.argmin(dim=1)
+        """flat [N, E] -> code indices [N] (squared Euclidean distance, float32 even under autocast)."""
+        with _float32(flat.device):
+            flat, cb = flat.float(), self.codebook.float()
+            dist2 = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.t() + cb.pow(2).sum(1)[None]  # [N, K]
+            return dist2.argmin(dim=1)
 
     def lookup(self, codes: Tensor) -> Tensor:
         """codes [...] int64 -> code vectors [..., E] (float32)."""
@@ -101,9 +125,11 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, flat: Tensor, codes: Tensor) -> None:
-        onehot = F.one_hot(codes, self.num_codes).type(flat.dtype)  # [N, K]
-        count = _all_reduce(onehot.sum(0))  # [K]
-        total = _all_reduce(onehot.t() @ flat)  # [K, E]
+        with _float32(flat.device):
+            flat = flat.float()
+            onehot = F.one_hot(codes, self.num_codes).float()  # [N, K]
+            count = _all_reduce(onehot.sum(0))  # [K]
+            total = _all_reduce(onehot.t() @ flat)  # [K, E]
         self.ema_count.mul_(self.decay).add_(count, alpha=1 - self.decay)
         self.ema_sum.mul_(self.decay).add_(total, alpha=1 - self.decay)
         # Laplace smoothing keeps rarely used codes from dividing by ~0.
@@ -111,16 +137,24 @@ class VectorQuantizer(nn.Module):
         smoothed = (self.ema_count + self.eps) / (n + self.num_codes * self.eps) * n
         self.codebook.copy_(self.ema_sum / smoothed[:, None])
 
+    def restart_count(self) -> float:
+        """EMA count given to a restarted code: after ``restart_grace`` steps without an assignment it is still
+        above ``dead_threshold`` (by a factor decay**-0.5), one step later it is below."""
+        if self.decay <= 0 or self.decay >= 1:  # the count is this batch's count (0) or never decays (1)
+            return max(self.dead_threshold, 1.0)
+        return self.dead_threshold * self.decay ** -(self.restart_grace + 0.5)
+
     @torch.no_grad()
     def restart_dead_codes(self, flat: Tensor) -> int:
         """Move codes with EMA count < dead_threshold onto random encoder outputs; returns how many moved."""
         dead = self.ema_count < self.dead_threshold  # identical on every rank (counts are all-reduced)
         n_dead = int(dead.sum())
         if n_dead:
-            vectors = self._sample_vectors(flat, n_dead)
+            vectors = self._sample_vectors(flat, n_dead).float()
+            count = self.restart_count()
             self.codebook[dead] = vectors
-            self.ema_sum[dead] = vectors
-            self.ema_count[dead] = 1.0
+            self.ema_sum[dead] = vectors * count  # codebook = ema_sum / ema_count keeps the code where it was put
+            self.ema_count[dead] = count
         return n_dead
 
     # ------------------------------------------------------------------ forward
@@ -134,16 +168,19 @@ class VectorQuantizer(nn.Module):
         if updating and not bool(self.initialized):
             self._init_codebook(flat.detach())
         codes = self.nearest(flat.detach())  # [N]
+        # Look the codes up in the codebook they were chosen from, before the EMA update and restarts below
+        # change it in place (F.embedding copies the rows, so the update does not reach z_q).
+        z_q = self.lookup(codes)  # [N, E]
         stats: dict[str, float] = {}
         if updating and self.ema:
             self._ema_update(flat.detach(), codes)
             # dead_codes counts codes below threshold after this step's EMA update; they are restarted now.
             stats["dead_codes"] = float(self.restart_dead_codes(flat.detach()))
-        z_q = self.lookup(codes)  # [N, E]
-        commit = F.mse_loss(flat, z_q.detach())
-        loss = self.beta * commit  # beta on the encoder's (commitment) term
-        if not self.ema:
-            loss = loss + F.mse_loss(z_q, flat.detach())
+        with _float32(z.device):
+            commit = F.mse_loss(flat, z_q.detach())
+            loss = self.beta * commit  # beta on the encoder's (commitment) term
+            if not self.ema:
+                loss = loss + F.mse_loss(z_q, flat.detach())
         z_q = flat + (z_q - flat).detach()  # straight-through: forward = z_q, gradient = identity to z_e
         z_q = z_q.view(b, h, w, e).permute(0, 3, 1, 2).to(z.dtype)  # [B, E, h, w]
         with torch.no_grad():
