@@ -259,6 +259,9 @@ class MetaWorldImageEnv(gym.Env):
         action = np.asarray(action, dtype=np.float32)
         if action.shape != (ACTION_DIM,):
             raise ValueError(f"action must have shape [{ACTION_DIM}], got {list(action.shape)}")
+        if not np.isfinite(action).all():
+            # MuJoCo would flag the NaN / inf control as unstable and silently reset the physics mid-episode.
+            raise ValueError(f"action must be finite, got {action.tolist()}")
         action = np.clip(action, -1.0, 1.0)
         if self._env.curr_path_length >= self.max_steps:
             raise RuntimeError(f"episode is over ({self.max_steps} steps): call reset()")

@@ -186,3 +186,17 @@ def test_resume_after_killed_collection(tmp_path):
     ref, _ = rollout_expert(env, expert_policy("reach-v3"))
     got = next(e for e in episodes if e["variation"] == 0)
     np.testing.assert_array_equal(got["frames"], ref["frames"])  # the killed process wrote the same pixels
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_action_is_rejected_and_leaves_the_episode_alone(bad):
+    # MuJoCo used to accept it and silently reset the physics mid-episode (the hand jumped to the model default).
+    env = make_env("reach-v3", image_size=16)
+    env.reset()
+    env.step(np.array([0.5, 0.0, 0.0, 0.0], np.float32))
+    state, steps = env.get_sim_state()["physics"].copy(), env.steps
+    with pytest.raises(ValueError, match="finite.*(nan|inf)"):
+        env.step(np.array([0.0, bad, 0.0, 0.0], np.float32))
+    np.testing.assert_array_equal(env.get_sim_state()["physics"], state)
+    assert env.steps == steps
+    env.close()
