@@ -35,8 +35,10 @@ from torch import Tensor
 
 from agents.costs import Cost, make_cost
 from agents.optimizers import Optimizer, PlanResult, TrajectoryPlanner
+from foresight.world_model import WorldModel
 
-__all__ = ["VisualMPC", "GripperHeuristic", "PlanRecord", "RandomActionAgent", "run_episode", "image_to_tensor"]
+__all__ = ["VisualMPC", "GripperHeuristic", "PlanRecord", "ScoredCandidate", "RandomActionAgent", "run_episode",
+           "image_to_tensor"]
 
 
 def image_to_tensor(image: Any, size: int | None = None) -> Tensor:
@@ -105,6 +107,24 @@ class PlanRecord:
     iteration_costs: list[float] = field(default_factory=list)
 
 
+@dataclass
+class ScoredCandidate:
+    """The lowest-cost candidate a planning objective has scored so far, with what the model predicted for it.
+
+    cost: its cost. actions: float32 [H, A]. frames: [S, H, 3, h, w] its predicted frames, when the objective
+    had them (pixel costs, or embeddings computed from frames). embeddings: [S, H, D] (embedding costs).
+    batch / row: the actions [n, H, A] of the ``predict`` call it was scored in and its row there: models draw
+    their noise for the whole batch, so the same seed reproduces the sample only in the same batch position.
+    """
+
+    cost: float = math.inf
+    actions: Tensor | None = None
+    frames: Tensor | None = None
+    embeddings: Tensor | None = None
+    batch: Tensor | None = None
+    row: int = 0
+
+
 class VisualMPC:
     """Visual model-predictive control toward a goal image.
 
@@ -119,9 +139,11 @@ class VisualMPC:
         replan_every: execute this many actions of each plan before replanning (the warm-start shift).
         num_model_samples: S futures per candidate for stochastic models (the cost averages over them).
         gripper: optional `GripperHeuristic`; the planner then leaves that action dim alone.
-        record: keep each chosen plan's imagined video (`records`).
-        record_model: model used for the recorded video (default: ``model``); e.g. a simulator model that
-            renders every step while the planning one renders only the frames the cost needs.
+        record: keep each chosen plan's imagined video (`records`): the sample the planner scored (its first
+            model sample), not a fresh prediction, which for a stochastic model would show another future.
+        record_model: model used for the recorded video (default: ``model``, whose scored sample is then
+            recorded); e.g. a simulator model that renders every step while the planning one renders only the
+            frames the cost needs.
         predict_batch_size: candidates per ``model.predict`` call (bounds memory; None = all at once).
         before_plan: called before every planning step (e.g. to sync a simulator model to the real env).
         seed: base seed of the optimiser and model sampling (step t uses seed + t).
@@ -224,33 +246,67 @@ class VisualMPC:
         return fn(ctx, actions, self.num_model_samples, seed=seed)
 
     def objective(self, context: Tensor, gripper_value: float | None, seed: int) -> Callable[[Tensor], Tensor]:
-        """The planning objective ``actions [N, H, A'] -> cost [N]`` from the current context."""
+        """The planning objective ``actions [N, H, A'] -> cost [N]`` from the current context.
+
+        ``objective(...).best`` is a `ScoredCandidate`: the lowest-cost candidate scored so far and its prediction.
+        """
         embeddings = self.cost.space == "embeddings"
+        # A model whose predict_embeddings is the default embed(predict(...)): run the two steps here, so the
+        # frames of the scored sample are at hand for the record (the costs are the same).
+        via_frames = embeddings and getattr(type(self.model), "predict_embeddings", None) is WorldModel.predict_embeddings
+        best = ScoredCandidate()
 
         def f(planned: Tensor) -> Tensor:
             actions = self._full_actions(planned, gripper_value)
             bs = self.predict_batch_size or actions.shape[0]
             costs = []
             for i in range(0, actions.shape[0], bs):
+                chunk = actions[i:i + bs]
                 # The same model seed for every chunk: candidates are compared under common random numbers.
-                out = self._predict(self.model, context, actions[i:i + bs], embeddings, seed)
-                costs.append(self.cost(out).float().cpu())
+                if via_frames:
+                    frames = self._predict(self.model, context, chunk, False, seed)  # [n, S, H, 3, h, w]
+                    with torch.no_grad():
+                        out = self.model.embed(frames)  # [n, S, H, D]
+                else:
+                    out = self._predict(self.model, context, chunk, embeddings, seed)
+                    frames = None if embeddings else out
+                c = self.cost(out).float().cpu()  # [n]
+                j = int(torch.nan_to_num(c, nan=math.inf).argmin())
+                if float(c[j]) < best.cost:  # strict, as in the optimisers: ties keep the first scored
+                    best.cost, best.actions, best.row = float(c[j]), chunk[j].clone(), j
+                    best.frames = None if frames is None else frames[j].clone()
+                    best.embeddings = out[j].clone() if embeddings else None
+                    best.batch = chunk.clone() if embeddings and frames is None else None
+                costs.append(c)
             return torch.cat(costs)
 
+        f.best = best
         return f
+
+    def _imagined(self, context: Tensor, seed: int, best: ScoredCandidate) -> Tensor:
+        """Frames ``[H, 3, h, w]`` of the chosen plan (``self.plan``): the first sample the planner scored for it."""
+        if self.record_model is self.model and best.actions is not None and torch.equal(best.actions, self.plan):
+            if best.frames is not None:
+                return best.frames[0]
+            decode = getattr(self.model, "decode_embeddings", None)
+            if decode is not None:  # e.g. codebook vectors -> pixels: one decode of the scored sample
+                return decode(best.embeddings[None])[0, 0]
+            # Re-run the predict call that scored it: same seed, same batch, same row -> the same sample.
+            return self._predict(self.model, context, best.batch, False, seed)[best.row, 0]
+        # A separate record model (e.g. a simulator view rendering every step), or a plan the objective never scored.
+        return self._predict(self.record_model, context.to(self.record_model.device), self.plan[None],
+                             False, seed)[0, 0]  # [1, S, H, 3, h, w] -> [H, 3, h, w]
 
     def _optimise_plan(self, context: Tensor, gripper_value: float | None, seed: int, imagine: bool) -> Tensor | None:
         # context [C, 3, H, W] on the model's device -> sets self.plan [H, A], appends a PlanRecord and returns
         # the chosen plan's imagined frames [H, 3, h, w] (first sample) when imagine or self.record, else None.
         t0 = time.perf_counter()
-        res: PlanResult = self.planner.plan(self.objective(context, gripper_value, seed), seed=seed)
+        objective = self.objective(context, gripper_value, seed)
+        res: PlanResult = self.planner.plan(objective, seed=seed)
         seconds = time.perf_counter() - t0
         self.plan = self._full_actions(res.actions[None], gripper_value)[0]  # [H, A]
         self.plan_step = 0
-        video = None
-        if imagine or self.record:
-            video = self._predict(self.record_model, context.to(self.record_model.device), self.plan[None],
-                                  False, seed)[0, 0]  # [1, S, H, 3, h, w] -> [H, 3, h, w]
+        video = self._imagined(context, seed, objective.best) if imagine or self.record else None
         self.records.append(PlanRecord(step=self.t, actions=self.plan.numpy().copy(), cost=res.cost,
                                        evaluations=res.num_evaluations, seconds=seconds,
                                        imagined=_to_uint8(video) if self.record else None,
@@ -281,7 +337,8 @@ class VisualMPC:
 
         Returns:
             actions ``[H, A]`` float32 inside the bounds, and the imagined frames ``[H, 3, h, w]`` in [0, 1]
-            (first model sample, from ``record_model``; h = the model's image size) or None.
+            (the first model sample the planner scored for them, or ``record_model``'s prediction when one is
+            given; h = the model's image size) or None.
         """
         if self.gripper is not None:
             raise ValueError("plan_from() has no observation for the gripper heuristic; use act(), or gripper=None")

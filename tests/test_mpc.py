@@ -154,3 +154,71 @@ def test_image_to_tensor():
     assert x.shape == (3, 8, 8) and float(x[0].min()) > 0.99 and float(x[1].max()) == 0
     with pytest.raises(ValueError, match="H, W, 3"):
         image_to_tensor(np.zeros((3, 16, 16), np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- the recorded video
+class NoisyPointModel(PointModel):
+    """PointModel plus a random kick per step, drawn for the whole batch at once (as GHVAE draws its latents):
+    with the same seed, a candidate's sample depends on its position in the batch and the batch size."""
+
+    def _predict(self, context_frames, actions, num_samples, generator, horizon):
+        img = context_frames[:, -1, 0]
+        w = img / img.sum((1, 2), keepdim=True)
+        pos = torch.stack([(w * XX).sum((1, 2)), (w * YY).sum((1, 2))], -1)[:, None]  # [B, 1, 2]
+        pos = pos.expand(-1, num_samples, -1)
+        out = []
+        for t in range(horizon):
+            kick = torch.randn(pos.shape, generator=generator) * 1.5  # [B, S, 2]
+            pos = (pos + actions[:, t, None] + kick).clamp(1.5, SIZE - 2.5)
+            out.append(render(pos))
+        return torch.stack(out, 2)  # [B, S, T, 3, H, W]
+
+    def embed(self, frames):
+        return frames.flatten(-3)  # [..., 3 * H * W]
+
+
+class NoisyLatentModel(NoisyPointModel):
+    """Overrides predict_embeddings (as HARP does, skipping its decoder), so the agent cannot keep frames."""
+
+    def predict_embeddings(self, context_frames, actions=None, num_samples=1, *, horizon=None, generator=None,
+                           seed=None):
+        return self.embed(self.predict(context_frames, actions, num_samples, horizon=horizon, seed=seed))
+
+
+class DecodingLatentModel(NoisyLatentModel):
+    def decode_embeddings(self, embeddings):
+        return embeddings.unflatten(-1, (3, SIZE, SIZE))
+
+
+def noisy_model(cls=NoisyPointModel):
+    return cls(CopyLastConfig(image_size=SIZE, action_dim=2, context_frames=2))
+
+
+@pytest.mark.parametrize("cls,cost", [(NoisyPointModel, "pixel"), (NoisyPointModel, "embedding"),
+                                      (NoisyLatentModel, "embedding"), (DecodingLatentModel, "embedding")],
+                         ids=["pixel", "embedding_from_frames", "embedding_redecoded", "embedding_decode_hook"])
+def test_recorded_imagined_video_is_the_sample_the_planner_scored(cls, cost):
+    # The record used to be a fresh batch-1 prediction: for a stochastic model another future than the scored one.
+    model = noisy_model(cls)
+    agent = VisualMPC(model, CEM(num_samples=20, iterations=2, min_elites=4), horizon=4, action_low=-np.ones(2),
+                      action_high=np.ones(2), cost=cost, cost_weighting="all", predict_batch_size=7, seed=3)
+    env = PointEnv()
+    obs, _ = env.reset()
+    context = torch.stack([image_to_tensor(obs["image"])] * 2)  # [2, 3, H, W]
+    actions, video = agent.plan_from(context, goal_image())
+    rec = agent.records[-1]
+    assert video.shape == (4, 3, SIZE, SIZE) and np.array_equal(rec.imagined, (video.movedim(1, -1) * 255).round().byte().numpy())
+    score = lambda frames: float(agent.cost(frames[None, None] if cost == "pixel" else model.embed(frames[None, None])))  # noqa: E731
+    assert score(video) == pytest.approx(rec.cost, rel=1e-5)
+    fresh = model.predict(context[None], actions[None], seed=3)[0, 0]  # what used to be recorded
+    assert score(fresh) != pytest.approx(rec.cost, rel=1e-3)
+
+
+def test_record_model_still_renders_the_recorded_video():
+    recorder = point_model()  # a separate (here deterministic) record model, e.g. a simulator view
+    agent = VisualMPC(noisy_model(), RandomShooting(num_samples=10), horizon=3, action_low=-np.ones(2),
+                      action_high=np.ones(2), record_model=recorder, seed=0)
+    ep = run_episode(PointEnv(), agent, goal_image(), max_steps=1)
+    ctx = torch.from_numpy(ep["frames"][0]).permute(2, 0, 1).float()[None, None].expand(1, 2, -1, -1, -1) / 255
+    expected = recorder.predict(ctx, torch.from_numpy(agent.records[0].actions)[None], seed=0)[0, 0]
+    assert np.array_equal(agent.records[0].imagined, (expected.movedim(1, -1) * 255).round().byte().numpy())
