@@ -14,7 +14,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import time
 
 import numpy as np
@@ -22,6 +21,8 @@ import torch
 
 from foresight.data.clips import ClipDataset, ClipLoader
 from foresight.data.episodes import EpisodeDataset
+
+from experiments.common import argparser, cli_main
 
 
 def synthetic(n: int, T: int = 100, size: int = 64) -> list[dict]:
@@ -31,14 +32,14 @@ def synthetic(n: int, T: int = 100, size: int = 64) -> list[dict]:
              "states": rng.standard_normal((T, 39)).astype(np.float32), "task": f"t{i % 10}"} for i in range(n)]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--data", default="/work/data/metaworld_small")
+def main(argv: list[str] | None = None) -> None:
+    p = argparser(__doc__)
+    p.add_argument("--data", default="/work/data/metaworld_small", help="episode dataset to read")
     p.add_argument("--synthetic", type=int, default=0, help="use N synthetic episodes instead of --data")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--batches", type=int, default=100)
-    p.add_argument("--threads", type=int, default=2)
-    a = p.parse_args()
+    p.add_argument("--batch-size", type=int, default=64, help="clips per batch")
+    p.add_argument("--batches", type=int, default=100, help="batches timed")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     episodes = synthetic(a.synthetic) if a.synthetic else EpisodeDataset(a.data, split="train")
@@ -68,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

@@ -16,7 +16,6 @@ import sys
 os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import shutil
 import time
 
@@ -25,6 +24,8 @@ import numpy as np
 from envs.demos import collect_demos, format_summary
 from envs.metaworld import MT50_TASKS, expert_policy, make_env
 from foresight.data.episodes import read_manifest
+
+from experiments.common import argparser, cli_main
 
 
 def step_breakdown(task: str, steps: int, image_size: int) -> dict[str, float]:
@@ -93,16 +94,16 @@ def expert_success(variations: int, workers: int, out: str | None) -> None:
             json.dump(rows, f, indent=1)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    p = argparser(__doc__)
     p.add_argument("--tasks", type=int, default=6, help="first N tasks, spread over MT50 (every 50/N-th)")
-    p.add_argument("--demos-per-task", type=int, default=3)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--out", default="/tmp/bench_collect")
+    p.add_argument("--demos-per-task", type=int, default=3, help="demos collected per task")
+    p.add_argument("--workers", type=int, default=2, help="worker processes")
+    p.add_argument("--image-size", type=int, default=64, help="H = W of the frames")
+    p.add_argument("--out", default="/tmp/bench_collect", help="scratch dataset folder (deleted first)")
     p.add_argument("--success-only", action="store_true", help="expert success on all 50 tasks, no pixels")
     p.add_argument("--json", default=None, help="write the --success-only table here")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.success_only:
         expert_success(a.demos_per_task, a.workers, a.json)
         return
@@ -130,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

@@ -19,18 +19,26 @@ speed and memory do not depend on training.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
+    sys.path.insert(0, str(_ROOT))
+
 import argparse
 import dataclasses
 import json
 import resource
 import subprocess
-import sys
 import time
 
 import torch
 
 import foresight
 from foresight.models.ghvae import GHVAE, GHVAEConfig
+
+from experiments.common import argparser, cli_main  # noqa: E402
 
 
 def _rss_peak_mb() -> float:
@@ -105,22 +113,22 @@ def latency(preset: str, candidates: int, horizon: int, num_modules: int | None,
             "wall_s_min": round(min(walls), 2), "ms_per_candidate_frame": round(1000 * min(walls) / (candidates * horizon), 2)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="quick")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparser(__doc__)
+    ap.add_argument("--preset", default="quick", help="model preset: tiny | quick | paper")
     ap.add_argument("--modules", type=int, default=None, help="K (default: the preset's)")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--candidates", type=int, default=200)
-    ap.add_argument("--horizon", type=int, default=10)
-    ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--batch", type=int, default=8, help="clips per batch")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--candidates", type=int, default=200, help="candidate action sequences per plan")
+    ap.add_argument("--horizon", type=int, default=10, help="planned / predicted frames")
+    ap.add_argument("--reps", type=int, default=2, help="repetitions of each latency measurement")
+    ap.add_argument("--skip-memory", action="store_true", help="skip the training-memory measurement")
     ap.add_argument("--checkpoint-frozen", action="store_true", help="also measure greedy phases with "
                     "checkpoint_frozen=True (frozen decoders recomputed in backward)")
-    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true", help="skip the planning-latency measurement")
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # internal: child process
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--out", default=None, help="write the results (JSON) here")
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.stage:  # child: one configuration, JSON on the last line
         print(json.dumps(measure_stage(args.preset, args.stage, args.batch, args.modules, args.checkpoint_frozen)))
@@ -155,4 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

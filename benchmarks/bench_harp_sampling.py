@@ -9,7 +9,13 @@ action sequences that share one context (context encoded once, cache copied).
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
+    sys.path.insert(0, str(_ROOT))
+
 import json
 import time
 
@@ -19,6 +25,8 @@ import foresight
 from foresight.checkpoint import atomic_write_json
 from foresight.models.harp import Harp, HarpConfig
 
+from experiments.common import argparser, cli_main  # noqa: E402
+
 
 def timed(fn):
     t0 = time.perf_counter()
@@ -26,14 +34,14 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="quick")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--horizon", type=int, default=10)
-    ap.add_argument("--candidates", type=int, default=64)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparser(__doc__)
+    ap.add_argument("--preset", default="quick", help="model preset: tiny | quick | paper")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--horizon", type=int, default=10, help="planned / predicted frames")
+    ap.add_argument("--candidates", type=int, default=64, help="candidate action sequences per plan")
+    ap.add_argument("--out", default=None, help="write the results (JSON) here")
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = foresight.preset(HarpConfig, args.preset)
@@ -65,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

@@ -18,7 +18,13 @@ with the K/V cache; tokens/s = candidates x horizon x h*w / seconds (decoding to
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
+    sys.path.insert(0, str(_ROOT))
+
 import contextlib
 import json
 import time
@@ -28,6 +34,8 @@ import torch
 import foresight
 from foresight.checkpoint import atomic_write_json
 from foresight.models.harp import Harp, HarpConfig
+
+from experiments.common import argparser, cli_main  # noqa: E402
 
 # dense bf16 tensor-core peak, TFLOP/s (vendor data sheets, SXM parts)
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "RTX 4090": 165.2}
@@ -52,20 +60,21 @@ def matmul_params(model: Harp) -> int:
     return sum(p.numel() for p in tr.transformer.parameters() if p.ndim == 2) + tr.head.weight.numel()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="paper")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
-    ap.add_argument("--batch", type=int, default=16)
+def main(argv: list[str] | None = None) -> None:
+    ap = argparser(__doc__)
+    ap.add_argument("--preset", default="paper", help="model preset: tiny | quick | paper")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="torch device (default: cuda if available)")
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="training precision")
+    ap.add_argument("--batch", type=int, default=16, help="clips per batch")
     ap.add_argument("--steps", type=int, default=20, help="timed training steps")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--candidates", type=int, default=200)
-    ap.add_argument("--horizon", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
+    ap.add_argument("--candidates", type=int, default=200, help="candidate action sequences per plan")
+    ap.add_argument("--horizon", type=int, default=10, help="planned / predicted frames")
     ap.add_argument("--peak-tflops", type=float, default=None, help="accelerator's dense peak for the MFU")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs)")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--out", default=None, help="write the results (JSON) here")
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -138,4 +147,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

@@ -8,7 +8,13 @@ Frechet distance). Fake clips are the real ones plus Gaussian noise, so FVD is a
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
+    sys.path.insert(0, str(_ROOT))
+
 import json
 import os
 import platform
@@ -18,6 +24,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from experiments.common import cli_main, dataclass_argparser  # noqa: E402
+
 
 @dataclass
 class Args:
@@ -26,23 +34,17 @@ class Args:
     size: int = 64  # frame height = width
     noise: float = 0.1  # std of the noise that turns real clips into fake ones
     threads: int = 2  # torch CPU threads
-    device: str = "cpu"
-    lpips_batch: int = 256
-    i3d_batch: int = 8
+    device: str = "cpu"  # torch device of the metric networks
+    lpips_batch: int = 256  # frames per LPIPS call
+    i3d_batch: int = 8  # clips per I3D call
     fvd_clips: int = -1  # clips used for FVD (-1: all)
-    skip_fvd: bool = False
-    seed: int = 0
+    skip_fvd: bool = False  # measure PSNR / SSIM / LPIPS only
+    seed: int = 0  # seeds the synthetic clips
     out: str = ""  # optional JSON output path
 
 
-def parse() -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, default in asdict(Args()).items():
-        if isinstance(default, bool):
-            p.add_argument(f"--{name.replace('_', '-')}", action="store_true")
-        else:
-            p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    return Args(**vars(p.parse_args()))
+def parse(argv: list[str] | None = None) -> Args:
+    return Args(**vars(dataclass_argparser(Args, __doc__).parse_args(argv)))
 
 
 def timed(fn):
@@ -51,8 +53,8 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def main() -> None:
-    args = parse()
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     torch.set_num_threads(args.threads)
     from foresight.metrics import LPIPS, load_i3d, psnr, ssim
     from foresight.metrics.fvd import fvd_from_features, i3d_features
@@ -102,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

@@ -12,7 +12,13 @@ weights: latency does not depend on training. The simulator model renders only t
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
+    sys.path.insert(0, str(_ROOT))
+
 import json
 import os
 import time
@@ -24,6 +30,8 @@ import torch
 
 from agents.mpc import VisualMPC
 from agents.optimizers import CEM, ICEM, MPPI, RandomShooting
+
+from experiments.common import argparser, cli_main  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- optimisers
@@ -133,20 +141,22 @@ def bench_latency(models: list[str], samples: int, iterations: int, horizon: int
     return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["optimizers", "latency"])
-    p.add_argument("--models", default="copy_last,conv,harp,ghvae,simulator")
-    p.add_argument("--samples", type=int, default=200)
-    p.add_argument("--iterations", type=int, default=3)
-    p.add_argument("--horizon", type=int, default=10)
+def main(argv: list[str] | None = None) -> None:
+    p = argparser(__doc__)
+    p.add_argument("what", choices=["optimizers", "latency"],
+                   help="which benchmark: optimiser convergence or planning latency")
+    p.add_argument("--models", default="copy_last,conv,harp,ghvae,simulator",
+                   help="comma-separated models for the latency benchmark")
+    p.add_argument("--samples", type=int, default=200, help="candidate plans per iteration")
+    p.add_argument("--iterations", type=int, default=3, help="optimiser iterations per plan")
+    p.add_argument("--horizon", type=int, default=10, help="planned / predicted frames")
     p.add_argument("--measure-samples", type=int, default=0,
                    help="measure with this population and extrapolate linearly to --samples (0 = measure --samples)")
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--cost", default="pixel")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2, help="repetitions of each measurement")
+    p.add_argument("--cost", default="pixel", help="planning cost: pixel | lpips | embedding")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default="", help="write the rows as JSON here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.what == "optimizers":
         rows = bench_optimizers(horizon=5, action_dim=2) + bench_optimizers(horizon=10, action_dim=4)
@@ -161,4 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

@@ -9,18 +9,25 @@ for comparison, the converted episode store served by `foresight.data.ClipLoader
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
+    sys.path.insert(0, str(_ROOT))
+
 import json
 import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from foresight.data import robonet as rn
 from foresight.data import robonet_io
+
+from experiments.common import argparser, cli_main  # noqa: E402
 
 
 def time_loader(ds, *, batch_size: int, num_workers: int, epochs: int) -> tuple[float, float | None]:
@@ -48,19 +55,20 @@ def _children_cpu() -> float:
     return t.children_user + t.children_system
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--files", type=int, default=24)
-    p.add_argument("--steps", type=int, default=31)
-    p.add_argument("--frame-size", type=int, nargs=2, default=(240, 320))
-    p.add_argument("--cams", type=int, default=1)
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--mp4-backends", nargs="+", default=["pyav", "ffmpeg"], choices=["pyav", "ffmpeg"])
-    p.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
+def main(argv: list[str] | None = None) -> None:
+    p = argparser(__doc__)
+    p.add_argument("--files", type=int, default=24, help="synthetic RoboNet-layout files written")
+    p.add_argument("--steps", type=int, default=31, help="recorded steps per file")
+    p.add_argument("--frame-size", type=int, nargs=2, default=(240, 320), help="recorded frame height and width")
+    p.add_argument("--cams", type=int, default=1, help="camera streams per file")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts measured")
+    p.add_argument("--epochs", type=int, default=2, help="passes over the files per measurement")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per batch")
+    p.add_argument("--mp4-backends", nargs="+", default=["pyav", "ffmpeg"], choices=["pyav", "ffmpeg"],
+                   help="video decoders measured")
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 256], help="output frame sizes measured")
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
 
     rows = []
@@ -126,4 +134,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

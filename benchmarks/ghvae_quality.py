@@ -17,11 +17,16 @@ a PNG strip (context | truth | samples) of held-out demos.
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
+    sys.path.insert(0, str(_ROOT))
+
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +39,8 @@ from foresight.models.ghvae import GHVAE, GHVAEConfig
 from foresight.viz import save_strip
 
 from _budget import first_clip_per_task, jsonl_logger, train_for as _train_for
+
+from experiments.common import argparser, cli_main  # noqa: E402
 
 
 def train_for(model, dataset, minutes, *, lr, batch, rng, log, warmup=20):
@@ -55,24 +62,25 @@ def evaluate(model: GHVAE, context, actions, truth, *, samples: int, seed: int) 
             "seconds": round(time.perf_counter() - t0, 1)}, pred
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/data/metaworld_small")
-    ap.add_argument("--out", default="runs/ghvae_quality")
-    ap.add_argument("--preset", default="quick")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparser(__doc__)
+    ap.add_argument("--data", default="/work/data/metaworld_small",
+                    help="episode dataset (experiments/collect_metaworld.py)")
+    ap.add_argument("--out", default="runs/ghvae_quality", help="run directory (models, metrics, strip)")
+    ap.add_argument("--preset", default="quick", help="model preset: tiny | quick | paper")
     ap.add_argument("--modules", type=int, default=None, help="K (default: the preset's)")
     ap.add_argument("--phase-minutes", type=float, default=2.5, help="budget of each greedy phase")
     ap.add_argument("--finetune-minutes", type=float, default=1.5, help="0 skips the end-to-end fine-tune")
     ap.add_argument("--e2e-minutes", type=float, default=None, help="default: K * phase-minutes")
     ap.add_argument("--train-future", type=int, default=6, help="future frames per training clip (eval uses 10)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--batch", type=int, default=8, help="clips per batch")
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     ap.add_argument("--warmup", type=int, default=20, help="linear lr warm-up steps of each phase")
-    ap.add_argument("--eval-clips", type=int, default=32)
-    ap.add_argument("--samples", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    ap.add_argument("--eval-clips", type=int, default=32, help="held-out clips evaluated")
+    ap.add_argument("--samples", type=int, default=2, help="prior samples per held-out clip (best one scored)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed")
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

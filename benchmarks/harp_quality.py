@@ -12,10 +12,15 @@ strip (context | truth | prediction rows for demos of different tasks) and the m
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
+    sys.path.insert(0, str(_ROOT))
+
 import copy
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +36,8 @@ from foresight.viz import save_strip
 
 from _budget import first_clip_per_task, jsonl_logger, train_for
 
+from experiments.common import argparser, cli_main  # noqa: E402
+
 
 def shifted_copy(clips: ClipDataset, max_shift: int, rng: np.random.Generator) -> ClipDataset:
     """A copy of ``clips`` whose stored frames are translated, one random shift per episode (replicate-padded):
@@ -42,18 +49,19 @@ def shifted_copy(clips: ClipDataset, max_shift: int, rng: np.random.Generator) -
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/data/metaworld_small")
-    ap.add_argument("--out", default="runs/harp_quality")
-    ap.add_argument("--preset", default="quick")
-    ap.add_argument("--tokenizer-minutes", type=float, default=10)
-    ap.add_argument("--transformer-minutes", type=float, default=15)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--eval-clips", type=int, default=40)
+def main(argv: list[str] | None = None) -> None:
+    ap = argparser(__doc__)
+    ap.add_argument("--data", default="/work/data/metaworld_small",
+                    help="episode dataset (experiments/collect_metaworld.py)")
+    ap.add_argument("--out", default="runs/harp_quality", help="run directory (models, metrics, strip)")
+    ap.add_argument("--preset", default="quick", help="model preset: tiny | quick | paper")
+    ap.add_argument("--tokenizer-minutes", type=float, default=10, help="wall-clock budget of the tokenizer stage")
+    ap.add_argument("--transformer-minutes", type=float, default=15, help="wall-clock budget of the transformer stage")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--batch", type=int, default=8, help="clips per batch")
+    ap.add_argument("--eval-clips", type=int, default=40, help="held-out clips evaluated")
     ap.add_argument("--cache-step", type=int, default=1, help="window step of the stage-2 clips (cached once)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="random seed")
     ap.add_argument("--eval-only", default=None, help="evaluate a saved model directory instead of training")
     ap.add_argument("--init", default=None,
                     help="start from a saved model directory (e.g. an earlier run's tokenizer_model): its tokenizer "
@@ -69,8 +77,8 @@ def main() -> None:
                     help="stage 2 also trains on this many translated copies of the training episodes (HARP's "
                          "translation augmentation, one random shift of up to --augment-shift pixels per episode "
                          "and copy, cached once like the original)")
-    ap.add_argument("--augment-shift", type=int, default=4)
-    args = ap.parse_args()
+    ap.add_argument("--augment-shift", type=int, default=4, help="random translation in pixels of the training clips")
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
@@ -198,4 +206,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

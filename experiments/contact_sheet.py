@@ -11,13 +11,13 @@ import sys
 os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse
 import io
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from envs.metaworld import MT50_TASKS, make_env
+from experiments.common import argparser, cli_main
 from foresight.checkpoint import atomic_write_bytes
 
 
@@ -37,12 +37,12 @@ def contact_sheet(image_size: int = 128, variation_seed: int = 0, columns: int =
     return sheet
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", default="docs/images/mt50_contact_sheet.png")
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--variation-seed", type=int, default=0)
-    a = p.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    p = argparser(__doc__)
+    p.add_argument("--out", default="docs/images/mt50_contact_sheet.png", help="PNG to write")
+    p.add_argument("--image-size", type=int, default=128, help="H = W of each task's frame")
+    p.add_argument("--variation-seed", type=int, default=0, help="task variation shown")
+    a = p.parse_args(argv)
     buf = io.BytesIO()
     contact_sheet(a.image_size, a.variation_seed).save(buf, format="PNG", optimize=True)
     atomic_write_bytes(a.out, buf.getvalue())
@@ -50,4 +50,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

@@ -16,12 +16,18 @@ over `foresight.data.EpisodeDataset`, 2 context + 10 future frames).
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from foresight.data import robonet as rn
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
+    sys.path.insert(0, str(_ROOT))
+
+from experiments.common import cli_main, dataclass_argparser  # noqa: E402
+from foresight.data import robonet as rn  # noqa: E402
 
 
 @dataclass
@@ -36,7 +42,7 @@ class Args:
     """H = W of the stored frames (64 standard, 256 supported)"""
     camera: int = 0
     """camera stream to convert"""
-    target_adim: int = 4
+    target_adim: Literal[4, 5] = 4
     """harmonised action width: 4 (x, y, z, theta; 5-D robots cut) or 5 (autograsp gripper imputed)"""
     robot: list[str] = field(default_factory=list)
     """keep only these robots (repeat the flag); empty = all"""
@@ -52,23 +58,8 @@ class Args:
     """write this many synthetic RoboNet-layout files into robonet_dir first (0 = off)"""
 
 
-def parse_args() -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = Args()
-    p.add_argument("--robonet-dir", default=defaults.robonet_dir)
-    p.add_argument("--out", default=defaults.out)
-    p.add_argument("--test-list", default=None)
-    p.add_argument("--image-size", type=int, default=defaults.image_size)
-    p.add_argument("--camera", type=int, default=defaults.camera)
-    p.add_argument("--target-adim", type=int, choices=(4, 5), default=defaults.target_adim)
-    p.add_argument("--robot", action="append", default=[])
-    p.add_argument("--min-steps", type=int, default=defaults.min_steps)
-    p.add_argument("--workers", type=int, default=defaults.workers)
-    p.add_argument("--verify-hash", action="store_true")
-    p.add_argument("--index-only", action="store_true")
-    p.add_argument("--synthetic", type=int, default=0)
-    ns = p.parse_args()
-    return Args(**{k: v for k, v in vars(ns).items()})
+def parse_args(argv: list[str] | None = None) -> Args:
+    return Args(**vars(dataclass_argparser(Args, __doc__).parse_args(argv)))
 
 
 def main(args: Args) -> dict:
@@ -93,4 +84,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli_main(lambda argv: main(parse_args(argv)))

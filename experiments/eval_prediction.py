@@ -20,7 +20,6 @@ Memory: the predictions are held as float32, num_clips * num_samples * future * 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +38,8 @@ from foresight.checkpoint import atomic_write_json  # noqa: E402
 from foresight.metrics import LPIPS, evaluate_predictions, load_i3d  # noqa: E402
 from foresight.viz import save_png, save_strip  # noqa: E402
 
+from experiments.common import cli_main, dataclass_argparser  # noqa: E402
+
 
 @dataclass
 class Args:
@@ -56,10 +57,10 @@ class Args:
     stride: int = 1  # keep every stride-th frame (must match training)
     fvd_include_context: bool = True  # prepend context frames to real and sampled clips for FVD
     fvd_draws: int = 5  # one-sample-per-clip FVD draws
-    no_fvd: bool = False
-    no_lpips: bool = False
+    no_fvd: bool = False  # skip FVD (no I3D pass)
+    no_lpips: bool = False  # skip LPIPS (best sample then chosen by PSNR)
     batch_size: int = 16  # clips per predict call
-    seed: int = 0
+    seed: int = 0  # seeds the sampled futures
     strip_clips: int = 4  # clips shown in strip.png
     strip_samples: int = 3  # samples per clip shown in strip.png
     device: str = ""  # default: cuda if available, else cpu
@@ -67,15 +68,7 @@ class Args:
 
 
 def parse(argv=None) -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, default in asdict(Args()).items():
-        flag = f"--{name.replace('_', '-')}"
-        if isinstance(default, bool) and default:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=True)
-        elif isinstance(default, bool):
-            p.add_argument(flag, action="store_true")
-        else:
-            p.add_argument(flag, type=type(default), default=default)
+    p = dataclass_argparser(Args, __doc__)
     args = Args(**vars(p.parse_args(argv)))
     if not args.checkpoint:
         p.error("--checkpoint is required")
@@ -201,4 +194,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

@@ -47,6 +47,8 @@ from foresight.checkpoint import atomic_write_json, atomic_write_text  # noqa: E
 from foresight.config import build_config, dump_yaml, merge, preset, to_dict  # noqa: E402
 from foresight.train import TrainConfig, Trainer  # noqa: E402
 
+from experiments.common import UsageError, cli_main  # noqa: E402
+
 # HARP Table 3 (MT50, all 50 tasks, 10 trials per task, mean +- std over 5 runs).
 PAPER_TABLE3 = {"vq_transformer": (0.00, 0.00), "cnn_lstm": (0.41, 0.057), "cnn_transformer": (0.50, 0.055),
                 "harp": (0.58, 0.038)}
@@ -136,6 +138,9 @@ class PolicyFactory:
 def _tasks(cfg: MT50BCConfig) -> list[str]:
     from envs.metaworld import MT50_TASKS
 
+    unknown = [t for t in cfg.tasks if t not in MT50_TASKS]
+    if unknown:
+        raise UsageError(f"tasks: unknown task(s) {unknown}; expected MT50 v3 names such as {MT50_TASKS[0]!r}")
     return list(cfg.tasks) if cfg.tasks else list(MT50_TASKS)
 
 
@@ -148,10 +153,27 @@ def collect(cfg: MT50BCConfig) -> dict[str, Any]:
     return summary.to_dict()
 
 
-def _clips(cfg: MT50BCConfig, split: str, *, length: int, augment: int):
-    from foresight.data import ClipDataset, EpisodeDataset
+def _episodes(cfg: MT50BCConfig, split: str):
+    """The episodes of ``split`` among variations 0..demos_per_task-1 of each task, in (task, variation) order.
 
-    episodes = EpisodeDataset(cfg.data_root, split=split, tasks=_tasks(cfg))
+    ``data_root`` may hold a fuller collection (``collect_metaworld.py`` writes to the same default folder); the
+    protocol reported in results.md is ``demos_per_task`` demos per task, so only those are used. Sorting makes
+    the clip order independent of the order in which collection workers finished.
+    """
+    from foresight.data import EpisodeDataset
+
+    tasks = _tasks(cfg)
+    episodes = EpisodeDataset(cfg.data_root, split=split, tasks=tasks)
+    rank = {t: i for i, t in enumerate(tasks)}
+    episodes.records = sorted((r for r in episodes.records if r.variation < cfg.demos_per_task),
+                              key=lambda r: (rank[r.task], r.variation))
+    return episodes
+
+
+def _clips(cfg: MT50BCConfig, split: str, *, length: int, augment: int):
+    from foresight.data import ClipDataset
+
+    episodes = _episodes(cfg, split)
     if len(episodes) == 0:
         return None
     from envs.metaworld import MT50_TASKS
@@ -348,10 +370,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--preset"), None)
     name = name or next((a.split("=", 1)[1] for a in argv if a.startswith(("--preset=", "preset="))), "cpu")
     cfg = merge(cfg, {"preset_name": name})
+    _tasks(cfg)  # unknown task names fail here, before anything is written
     # OpenMP threads that compete with another busy process for the same cores spin and slow small convs ~10x.
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
     return run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main, MT50BCConfig, __doc__)

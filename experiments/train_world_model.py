@@ -12,11 +12,15 @@ Arguments: ``--model TYPE``, ``--preset tiny|quick|paper`` (applies to the model
 
 Each stage trains in ``<run_dir>/<stage>/`` (metrics.jsonl, config.yaml, checkpoints/, videos/) and resumes
 there when re-run; the next stage starts from the previous stage's final weights; the final model is exported
-to ``<run_dir>/model/`` (load it with ``foresight.load``).
+to ``<run_dir>/model/`` (load it with ``foresight.load``). ``--stage NAME`` for a later stage starts from the
+previous stage's final model in the same run directory (or from ``--init DIR``); a stage that trains on frozen
+parts of an earlier one (HARP's transformer on the tokenizer's codes) refuses to start from random weights.
+``train.seed`` seeds the model's initial weights as well as the data order.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,19 +33,20 @@ if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without i
 import foresight  # noqa: E402
 from foresight.config import dump_yaml, load_yaml, merge, parse_overrides, preset, to_dict  # noqa: E402
 from foresight.registry import get_model_class  # noqa: E402
-from foresight.train import TrainConfig, Trainer  # noqa: E402
+from foresight.train import TrainConfig, Trainer, seed_everything  # noqa: E402
 
-from experiments.common import DataConfig, build_clip_datasets  # noqa: E402
+from experiments.common import (  # noqa: E402
+    DataConfig, UsageError, build_clip_datasets, cli_main, config_fields, config_help)
 
 
 @dataclass
 class RunConfig:
     """Where and what to train (model and training settings live in their own configs)."""
 
-    model: str = "conv"                 # registered world-model type: harp, ghvae, conv, ...
-    preset: str = "quick"               # tiny | quick | paper
+    model: str = "conv"                 # registered world-model type: harp, ghvae, conv, copy_last
+    preset: str = "quick"               # tiny | quick | paper (model and training loop)
     stage: str | None = None            # train only this stage (default: all stages in order)
-    init: str | None = None             # start from this saved model (dir with config.json) instead of scratch
+    init: str | None = None             # start from this saved model dir (default: previous stage in run_dir)
     run_dir: str | None = None          # default: runs/<model>/<preset>
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -54,7 +59,7 @@ def parse_args(argv: list[str]) -> tuple[RunConfig, Any]:
     if isinstance(model_type, dict):  # a YAML "model:" section with its own "type"
         model_type = model_type.get("type", "conv")
     preset_name = overrides.pop("preset", None) or file_values.get("preset", "quick")
-    model_cls = get_model_class(model_type)
+    model_cls = model_class(model_type)
 
     model_values = {k[len("model."):]: v for k, v in overrides.items() if k.startswith("model.")}
     run_values = {k: v for k, v in overrides.items() if not k.startswith("model.")}
@@ -67,7 +72,17 @@ def parse_args(argv: list[str]) -> tuple[RunConfig, Any]:
     run = merge(merge(run, _flatten(file_run)), run_values)
     if run.run_dir is None:
         run = merge(run, {"run_dir": f"runs/{model_type}/{preset_name}"})
+    if run.train.steps < 1:
+        raise UsageError(f"train.steps={run.train.steps}: a stage trains for at least 1 step")
     return run, model_config
+
+
+def model_class(name: Any) -> Any:
+    """The registered world-model class ``name``; an unknown name is a usage error that lists the known ones."""
+    try:
+        return get_model_class(str(name))
+    except KeyError as e:
+        raise UsageError(f"--model {name}: {e.args[0]}") from None
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -80,20 +95,59 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def train(run: RunConfig, model_config: Any) -> Path:
-    """Train the stages of ``run`` and export the final model; returns the export directory."""
-    model_cls = get_model_class(run.model)
-    run_dir = Path(run.run_dir)
+def build_model(run: RunConfig, model_config: Any) -> foresight.WorldModel:
+    """The model the first trained stage starts from: ``--init``, else the previous stage's final model in the
+    run directory (when ``--stage`` names a later stage), else a fresh model seeded with ``train.seed``."""
+    model_cls = model_class(run.model)
+    # Seed before building: the initial weights are part of what `train.seed` must fix (the Trainer seeds again
+    # later, for the data order, which is too late for them).
+    seed_everything(run.train.seed)
     if run.init:
         model = foresight.load(run.init)
         if type(model) is not model_cls:
-            raise ValueError(f"--init {run.init} holds a {model.type!r} model, not {run.model!r}")
-    else:
-        model = model_cls(model_config)
+            raise UsageError(f"--init {run.init} holds a {model.type!r} model, not {run.model!r}")
+        return model
+    model = model_cls(model_config)
+    if run.stage is None or run.stage not in model.stages or run.stage == model.stages[0]:
+        return model
+    previous = model.stages[model.stages.index(run.stage) - 1]
+    found = previous_stage_result(Path(run.run_dir), previous)
+    if found is not None:
+        print(f"stage {run.stage}: starting from stage {previous}'s final model {found}")
+        return foresight.load(found)
+    model.set_stage(run.stage)
+    if all(p.requires_grad for p in model.parameters()):
+        return model  # the stage trains every weight (GHVAE's end-to-end finetune): scratch is a valid start
+    raise UsageError(
+        f"stage {run.stage!r} of {run.model} trains on top of stage {previous!r}, but {Path(run.run_dir) / previous} "
+        f"holds no finished {previous!r} stage: train it first with the same run_dir (--stage {previous}), or "
+        f"start from a saved model with --init <dir>")
+
+
+def previous_stage_result(run_dir: Path, stage: str) -> Path | None:
+    """``<run_dir>/<stage>/checkpoints/last`` when that stage finished (its last step is its configured steps)."""
+    last = run_dir / stage / "checkpoints" / "last"
+    if not (last / "config.json").is_file():
+        return None
+    state = last / "training_state" / "trainer.json"
+    if state.is_file():
+        info = json.loads(state.read_text())
+        steps = info.get("train_config", {}).get("steps")
+        if steps is not None and int(info.get("step", 0)) < int(steps):
+            raise UsageError(
+                f"stage {stage!r} in {run_dir / stage} stopped at step {info.get('step')} of {steps}: finish it "
+                f"first (rerun with --stage {stage} and the same run_dir), or pass --init <dir>")
+    return last
+
+
+def train(run: RunConfig, model_config: Any) -> Path:
+    """Train the stages of ``run`` and export the final model; returns the export directory."""
+    run_dir = Path(run.run_dir)
+    model = build_model(run, model_config)
     stages = [run.stage] if run.stage else list(model.stages)
     for s in stages:
         if s not in model.stages:
-            raise ValueError(f"unknown stage {s!r} for {run.model}; stages: {list(model.stages)}")
+            raise UsageError(f"unknown stage {s!r} for {run.model}; stages: {list(model.stages)}")
 
     train_set, eval_set = build_clip_datasets(run.data, context=model.context_frames, future=model.future_frames,
                                               image_size=model.image_size, action_dim=model.action_dim)
@@ -123,5 +177,23 @@ def main(argv: list[str] | None = None) -> Path:
     return train(run, model_config)
 
 
+def help_text(argv: list[str]) -> str:
+    """--help: the run's options, and the model's (``--model harp --help`` lists HARP's ``model.*`` keys)."""
+    try:
+        overrides = parse_overrides([a for a in argv if a not in ("-h", "--help")])
+    except ValueError:
+        overrides = {}
+    model_type, preset_name = str(overrides.get("model") or "conv"), str(overrides.get("preset") or "quick")
+    others = ", ".join(foresight.available_models())
+    try:
+        run = RunConfig(model=model_type, preset=preset_name, train=preset(TrainConfig, preset_name))
+        model_config = preset(model_class(model_type).config_class, preset_name)
+        sections = [(f"model.* options of --model {model_type} --preset {preset_name} (types: {others}):",
+                     config_fields(model_config, "model."))]
+    except ValueError as e:  # an unknown model or preset: still show the run's options
+        run, sections = RunConfig(), [(f"model.* options: {e}", [])]
+    return config_help(run, __doc__, prog="train_world_model.py", sections=sections)
+
+
 if __name__ == "__main__":
-    main()
+    cli_main(main, RunConfig, __doc__, help_text=help_text)
