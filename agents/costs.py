@@ -21,14 +21,16 @@ over T and averaged over the S samples.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from foresight.world_model import check_frames
 
-__all__ = ["Cost", "PixelCost", "LPIPSCost", "EmbeddingCost", "horizon_weights", "make_cost"]
+__all__ = ["Cost", "PixelCost", "LPIPSCost", "EmbeddingCost", "gaussian_blur", "horizon_weights", "make_cost"]
 
 WEIGHTINGS = ("final", "all", "linear")
 
@@ -101,9 +103,13 @@ class PixelCost(Cost):
     enough to rank candidates; the MPPI temperature is scale-free anyway.
     """
 
-    def __init__(self, goal_image: Tensor, *, weighting: str | Tensor = "final"):
+    def __init__(self, goal_image: Tensor, *, weighting: str | Tensor = "final", blur: float = 0.0):
         super().__init__(weighting=weighting)
+        if not blur >= 0:
+            raise ValueError(f"blur: expected a Gaussian sigma >= 0 in pixels, got {blur!r}")
+        self.blur = float(blur)
         self.goal = _check_goal(goal_image)  # [3, H, W]
+        self._goal_blurred = gaussian_blur(self.goal[None], self.blur)[0]  # [3, H, W]
 
     def per_step(self, predicted: Tensor) -> Tensor:
         _check_predicted(predicted, self.goal)
@@ -111,8 +117,31 @@ class PixelCost(Cost):
         out = predicted.new_zeros(predicted.shape[:3])  # [N, S, T]; zero-weight steps are never computed
         if steps:
             sel = predicted[:, :, steps] if len(steps) < predicted.shape[2] else predicted
-            out[:, :, steps] = (sel - self.goal.to(predicted.device)).pow(2).sum((-3, -2, -1))
+            lead = sel.shape[:3]
+            sel = gaussian_blur(sel.reshape(-1, *sel.shape[-3:]), self.blur).view(*lead, *sel.shape[-3:])
+            out[:, :, steps] = (sel - self._goal_blurred.to(predicted.device)).pow(2).sum((-3, -2, -1))
         return out
+
+
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of ``[N, 3, H, W]`` (reflect padding, kernel radius ceil(3 sigma)); sigma 0: as is.
+
+    Why a pixel cost blurs: the summed squared error of sharp images is flat while the imagined arm does not
+    overlap the goal's arm (every candidate scores the same), and blurring widens the basin so that
+    "closer" is also "cheaper" from further away.
+    """
+    if sigma <= 0:
+        return images
+    radius = max(1, math.ceil(3 * sigma))
+    radius = min(radius, (min(images.shape[-2:]) - 1))  # reflect padding needs radius < size
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = images.shape[1]
+    out = F.pad(images, (radius, radius, 0, 0), mode="reflect")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # blur along W
+    out = F.pad(out, (0, 0, radius, radius), mode="reflect")
+    return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)  # blur along H
 
 
 class LPIPSCost(Cost):
@@ -184,7 +213,7 @@ def make_cost(name: str, goal_image: Tensor, *, model: Any = None, weighting: st
               **kwargs) -> Cost:
     """Build a cost by name: 'pixel', 'lpips' or 'embedding' (needs ``model``)."""
     if name == "pixel":
-        return PixelCost(goal_image, weighting=weighting)
+        return PixelCost(goal_image, weighting=weighting, **kwargs)
     if name == "lpips":
         return LPIPSCost(goal_image, weighting=weighting, **kwargs)
     if name == "embedding":

@@ -69,6 +69,7 @@ class PlanToGoalConfig:
     replan_every: int = 1                  # executed actions per plan
     cost: str = "pixel"                    # pixel | lpips | embedding
     cost_weighting: str = "final"          # final | all | linear
+    pixel_blur: float = 0.0                # Gaussian sigma (pixels) applied to both images by the pixel cost
     num_model_samples: int = 1             # futures per candidate (stochastic models)
     predict_batch_size: int = 0            # candidates per model call (0 = all)
     gripper: bool = False                  # script the gripper (close below gripper_z) instead of planning it
@@ -80,7 +81,10 @@ class PlanToGoalConfig:
     out: str = "runs/plan_to_goal"
     name: str = ""                         # run directory name (default: {model}__{agent/planner}__{seed}__{time})
     device: str = "auto"                   # model device: auto | cpu | cuda
-    threads: int = 1                       # torch CPU threads
+    threads: int = 1                       # torch CPU threads per process
+    workers: int = 1                       # episodes run in parallel processes (each loads its own model)
+    control_check: bool = False            # per task, on the first variation: cost ranking + motion check
+    control_plans: int = 100               # random plans ranked by the control check
     # RoboNet replay (used instead of tasks / variations when robonet_dir is set; max_steps caps the steps)
     robonet_dir: str = ""                  # a folder of RoboNet .hdf5 files
     robonet_split: str = ""                # file listing the files to use (one name a line); empty: every file
@@ -186,7 +190,11 @@ def _build_agent(cfg: PlanToGoalConfig, model: Any, env: Any, record_model: Any 
         kw.update(temperature=cfg.temperature)
     optimizer = make_optimizer(cfg.planner, **kw)
     gripper = GripperHeuristic(z_threshold=cfg.gripper_z) if cfg.gripper else None
-    return VisualMPC(model, optimizer, horizon=cfg.horizon, action_low=low, action_high=high, cost=cfg.cost,
+    cost: Any = cfg.cost
+    if cfg.cost == "pixel" and cfg.pixel_blur > 0:
+        from agents.costs import PixelCost
+        cost = (lambda goal: PixelCost(goal, weighting=cfg.cost_weighting, blur=cfg.pixel_blur))
+    return VisualMPC(model, optimizer, horizon=cfg.horizon, action_low=low, action_high=high, cost=cost,
                      cost_weighting=cfg.cost_weighting, action_repeat=cfg.action_repeat,
                      replan_every=cfg.replan_every, num_model_samples=cfg.num_model_samples, gripper=gripper,
                      record=cfg.videos if record is None else record, record_model=record_model,
@@ -370,75 +378,267 @@ def run_robonet(cfg: PlanToGoalConfig, device: torch.device, run_dir: Path) -> d
     return info
 
 
+def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate (well behaved at 0 and 1 successes, unlike the normal one)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def _success_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    k = sum(r["success"] for r in rows)
+    lo, hi = wilson_interval(k, len(rows))
+    return {"success_rate": float(k / len(rows)) if rows else 0.0, "successes": int(k), "episodes": len(rows),
+            "success_ci95": [lo, hi]}
+
+
+def aggregate_metaworld(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per task: means + success rate with its 95 % Wilson interval; overall: the same pooled over every episode,
+    and ``mean_task_success``, the mean of the per-task rates (the headline number: tasks weigh the same)."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    per_task = {t: {**_aggregate([r for r in rows if r["task"] == t]),
+                    **_success_summary([r for r in rows if r["task"] == t])} for t in tasks}
+    overall = {**_aggregate(rows), **_success_summary(rows)}
+    overall["mean_task_success"] = float(np.mean([v["success_rate"] for v in per_task.values()])) if tasks else 0.0
+    return {"overall": overall, "per_task": per_task}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Meta-World: one episode per (task, variation), optionally in worker processes
+
+_WORKER_MODEL: dict[str, Any] = {}  # per process: the learned model, loaded once
+
+
+def _episode_strip(path: Path, episode: dict[str, Any], goal: np.ndarray, columns: int = 8) -> None:
+    """PNG rows [real frame t+1 | imagined frame t+1 (the scored sample of the plan in force) | goal] at
+    ``columns`` evenly spaced steps."""
+    from foresight.viz import save_strip
+
+    panels = real_vs_imagined(episode, goal)  # [T, H, 3W, 3]
+    w = goal.shape[1]
+    idx = np.unique(np.linspace(0, len(panels) - 1, columns).round().astype(int))
+    rows = [panels[idx, :, i * w:(i + 1) * w] for i in range(3)]  # 3 x [n, H, W, 3]
+    save_strip(path, rows)
+
+
+def _make_sim(cfg: PlanToGoalConfig, env: Any) -> tuple[Any, Any, Any]:
+    from envs.sim_model import SimulatorWorldModel
+
+    render = "final" if cfg.cost_weighting == "final" else "all"
+    model = SimulatorWorldModel.for_env(env, render_steps=render, future_frames=cfg.horizon)
+    return model, model.view(render_steps="all"), (lambda m=model, e=env: m.sync(e))
+
+
+def run_metaworld_episode(cfg: PlanToGoalConfig, task: str, variation: int, run_dir: Path,
+                          learned: Any = None) -> dict[str, Any]:
+    """Plan toward the goal image of (task, variation) for ``max_steps`` steps; returns the episode's eval row and
+    writes its video and strip (and the control check's numbers when ``cfg.control_check``)."""
+    from envs.goals import make_goal
+    from envs.metaworld import make_env
+
+    env = make_env(task, image_size=cfg.image_size, variation_seed=variation, max_steps=500)
+    goal = make_goal(task, variation, image_size=cfg.image_size, env=env)
+    model, record_model, before_plan = learned, None, None
+    if cfg.agent == "mpc" and cfg.model == "simulator":
+        model, record_model, before_plan = _make_sim(cfg, env)
+    agent = _build_agent(cfg, model, env, record_model, before_plan)
+    check = None
+    if cfg.control_check and cfg.agent == "mpc" and variation == cfg.variations[0]:
+        check = control_check(cfg, agent, env, goal)
+    ep = run_episode(env, agent, goal.image, max_steps=cfg.max_steps)
+    final_state = env.get_sim_state()["state_obs"]
+    plans = ep["records"]
+    row = {
+        "task": task, "variation": int(variation), "steps": int(len(ep["actions"])),
+        "success": float(ep["success"].max()) if len(ep["success"]) else 0.0,
+        "success_final": float(ep["success"][-1]) if len(ep["success"]) else 0.0,
+        "first_success_step": int(np.argmax(ep["success"]) + 1) if ep["success"].any() else None,
+        "initial_pixel_distance": _pixel_distance(ep["frames"][0], goal.image),
+        "final_pixel_distance": _pixel_distance(ep["frames"][-1], goal.image),
+        "initial_state_distance": None, "final_state_distance": _state_distance(final_state, goal.state),
+        "expert_steps_to_goal": int(goal.step),
+        "plans": len(plans),
+        "plan_seconds_mean": float(np.mean([p.seconds for p in plans])) if plans else 0.0,
+        "evaluations_per_plan": float(np.mean([p.evaluations for p in plans])) if plans else 0.0,
+        "seconds": float(ep["seconds"]),
+    }
+    if check is not None:
+        row["control_check"] = check
+    env.reset()
+    row["initial_state_distance"] = _state_distance(env.get_sim_state()["state_obs"], goal.state)
+    if cfg.videos:
+        write_video(run_dir / "videos" / f"{task}__v{variation}.mp4", real_vs_imagined(ep, goal.image))
+        _episode_strip(run_dir / "strips" / f"{task}__v{variation}.png", ep, goal.image)
+    env.close()
+    return row
+
+
+def _worker_episode(cfg: PlanToGoalConfig, task: str, variation: int, run_dir: Path) -> dict[str, Any]:
+    """`run_metaworld_episode` in a worker process (the model is loaded once per process)."""
+    torch.set_num_threads(max(cfg.threads, 1))
+    if cfg.agent == "mpc" and cfg.model != "simulator" and "model" not in _WORKER_MODEL:
+        _WORKER_MODEL["model"] = _load_model(cfg, _device(cfg))
+    return run_metaworld_episode(cfg, task, variation, run_dir, _WORKER_MODEL.get("model"))
+
+
+def _device(cfg: PlanToGoalConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _resumable_rows(run_dir: Path, cfg: PlanToGoalConfig) -> list[dict[str, Any]]:
+    """Episode rows of an earlier, killed run of the same config in ``run_dir`` (resume), else []."""
+    path = run_dir / "eval_info.json"
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return []
+    same = {k: v for k, v in old.get("config", {}).items() if k not in ("workers", "threads", "name")}
+    now = {k: v for k, v in json.loads(json.dumps(to_dict(cfg))).items() if k not in ("workers", "threads", "name")}
+    if same != now:
+        raise ValueError(f"{run_dir} holds a run with another config; pass a new name=... or remove it")
+    return list(old.get("per_episode", []))
+
+
+def run_metaworld(cfg: PlanToGoalConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
+    """Every (task, variation) episode; resumes a killed run in ``run_dir``; ``workers`` > 1 runs episodes in
+    parallel processes (one model each)."""
+    from tqdm import tqdm
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = _resumable_rows(run_dir, cfg)
+    atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
+    done = {(r["task"], r["variation"]) for r in rows}
+    episodes = [(t, int(v)) for t in cfg.tasks for v in cfg.variations if (t, int(v)) not in done]
+    order = {(t, int(v)): i for i, (t, v) in enumerate((t, v) for t in cfg.tasks for v in cfg.variations)}
+
+    def write() -> dict[str, Any]:
+        rows.sort(key=lambda r: order.get((r["task"], r["variation"]), 0))
+        info = {"config": to_dict(cfg), "per_episode": rows, "aggregated": aggregate_metaworld(rows)}
+        checks = {r["task"]: r["control_check"] for r in rows if r.get("control_check")}
+        if checks:
+            info["control_check"] = checks
+        atomic_write_json(run_dir / "eval_info.json", info)  # after every episode
+        return info
+
+    bar = tqdm(total=len(episodes), desc=f"plan_to_goal[{run_dir.name}]")
+    if cfg.workers > 1 and len(episodes) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_worker_episode, cfg, t, v, run_dir) for t, v in episodes]
+            for fut in as_completed(futures):
+                rows.append(fut.result())
+                write()
+                bar.update()
+    else:
+        learned = _load_model(cfg, device) if cfg.agent == "mpc" and cfg.model != "simulator" else None
+        for t, v in episodes:
+            rows.append(run_metaworld_episode(cfg, t, v, run_dir, learned))
+            write()
+            bar.update()
+    bar.close()
+    info = write()
+    agg = info["aggregated"]
+    print(json.dumps({"overall": agg["overall"],
+                      "per_task": {t: {"success_rate": a["success_rate"], "success_ci95": a["success_ci95"]}
+                                   for t, a in agg["per_task"].items()}}, indent=2))
+    print(f"wrote {run_dir / 'eval_info.json'}")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Control-centric check: does the model rank plans like the real simulator, and move the way actions say?
+
+AXES = {"+x": (0, 1.0), "-x": (0, -1.0), "+y": (1, 1.0), "-y": (1, -1.0), "+z": (2, 1.0), "-z": (2, -1.0)}
+
+
+def control_check(cfg: PlanToGoalConfig, agent: Any, env: Any, goal: Any) -> dict[str, Any]:
+    """From the episode's start state: (1) Spearman rank correlation between the planner's cost of
+    ``control_plans`` random plans under the agent's model and the same cost of what the real simulator shows
+    for them (for model-space costs, the model's embedding of the true frames), and (2) for a pure +-x/y/z action
+    held over the horizon, the predicted motion (summed squared pixel change from the start frame to the final
+    frame) vs the true motion, and whether the predicted final frame is nearest to the true final frame of the
+    same direction among the six. Leaves ``env`` reset to the start."""
+    from scipy.stats import spearmanr
+
+    obs, _ = env.reset()
+    model = agent.model
+    sim, _, _ = _make_sim(replace(cfg, cost_weighting="all"), env)
+    sim.sync(env)
+    agent.reset(goal.image, obs)
+    if getattr(agent, "before_plan", None) is not None:
+        agent.before_plan()  # a simulator model syncs to the real env, as before every plan
+    context = agent.context_tensor().to(model.device)  # [C, 3, h, w]
+    h, a = cfg.horizon, env.action_space.shape[0]
+    g = torch.Generator().manual_seed(cfg.seed + 12345)
+    distinct = -(-h // cfg.action_repeat)
+    plans = (torch.rand(cfg.control_plans, distinct, a, generator=g) * 2 - 1).repeat_interleave(cfg.action_repeat, 1)[:, :h]
+    model_cost = agent.objective(context, None, cfg.seed)(plans).numpy()  # [N]
+
+    true = []
+    sim_ctx = torch.zeros(1, 1, 3, cfg.image_size, cfg.image_size)
+    for i in range(0, len(plans), 50):
+        chunk = plans[i:i + 50]
+        frames = sim.predict(sim_ctx.expand(len(chunk), -1, -1, -1, -1), chunk)  # [n, 1, H, 3, S, S]
+        frames = resize_frames(frames.flatten(0, 2), model.image_size).view(*frames.shape[:3], 3, model.image_size,
+                                                                            model.image_size)
+        out = model.embed(frames.to(model.device)) if agent.cost.space == "embeddings" else frames.to(model.device)
+        true.append(agent.cost(out).float().cpu())
+    true_cost = torch.cat(true).numpy()
+    rho = spearmanr(model_cost, true_cost).statistic if np.std(model_cost) > 0 else float("nan")
+
+    start = context[-1].cpu()  # [3, h, w]
+    pred_final, true_final = [], []
+    for axis, sign in AXES.values():
+        act = torch.zeros(1, h, a)
+        act[:, :, axis] = sign
+        p = model.predict(context[None], act, seed=cfg.seed)[0, 0, -1].cpu()  # [3, h, w]
+        t = sim.predict(sim_ctx, act)[0, 0, -1]
+        pred_final.append(p), true_final.append(resize_frames(t[None], model.image_size)[0])
+    pred_final, true_final = torch.stack(pred_final), torch.stack(true_final)  # [6, 3, h, w]
+    pred_motion = (pred_final - start).pow(2).sum((1, 2, 3))
+    true_motion = (true_final - start).pow(2).sum((1, 2, 3))
+    nearest = torch.cdist(pred_final.flatten(1), true_final.flatten(1)).argmin(1)  # [6]
+    env.reset()
+    agent.reset(goal.image)
+    ratio = (pred_motion / true_motion.clamp_min(1e-6)).tolist()
+    return {
+        "plans": int(cfg.control_plans), "cost": cfg.cost,
+        "spearman": None if rho != rho else float(rho),
+        "motion": {name: {"predicted": float(pm), "true": float(tm), "ratio": float(r)}
+                   for name, pm, tm, r in zip(AXES, pred_motion, true_motion, ratio)},
+        "motion_within_30pct": int(sum(abs(r - 1) <= 0.3 for r in ratio)),
+        "direction_accuracy": float((nearest == torch.arange(6)).float().mean()),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = build_config(PlanToGoalConfig, sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(max(cfg.threads, 1))
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = _device(cfg)
     if cfg.robonet_dir and cfg.agent == "mpc" and cfg.model == "simulator":
         raise ValueError("model=simulator cannot plan on RoboNet (a real robot's recording cannot be re-simulated); "
                          "use model=copy_last or a world-model checkpoint")
-    from tqdm import tqdm
-
     what = "random" if cfg.agent == "random" else cfg.planner
     model_tag = Path(cfg.model).name if cfg.model not in ("simulator", "copy_last") else cfg.model
+    if Path(cfg.model).name in ("model", "last") and cfg.model not in ("simulator", "copy_last"):
+        model_tag = Path(cfg.model).parent.name  # runs/x/model -> x
     if cfg.robonet_dir:
         model_tag = f"robonet__{model_tag}"
     name = cfg.name or f"{model_tag}__{what}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.out) / name
     if cfg.robonet_dir:
         return run_robonet(cfg, device, run_dir)
-    from envs.goals import make_goal
-    from envs.metaworld import make_env
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
-    learned = _load_model(cfg, device) if cfg.agent == "mpc" else None
-
-    rows = []
-    episodes = [(t, v) for t in cfg.tasks for v in cfg.variations]
-    for task, variation in tqdm(episodes, desc=f"plan_to_goal[{name}]"):
-        env = make_env(task, image_size=cfg.image_size, variation_seed=variation, max_steps=500)
-        goal = make_goal(task, variation, image_size=cfg.image_size, env=env)
-        model, record_model, before_plan = learned, None, None
-        if cfg.agent == "mpc" and cfg.model == "simulator":
-            from envs.sim_model import SimulatorWorldModel
-            render = "final" if cfg.cost_weighting == "final" else "all"
-            model = SimulatorWorldModel.for_env(env, render_steps=render, future_frames=cfg.horizon)
-            record_model = model.view(render_steps="all")
-            before_plan = (lambda m=model, e=env: m.sync(e))
-        agent = _build_agent(cfg, model, env, record_model, before_plan)
-        ep = run_episode(env, agent, goal.image, max_steps=cfg.max_steps)
-        final_state = env.get_sim_state()["state_obs"]
-        plans = ep["records"]
-        row = {
-            "task": task, "variation": int(variation), "steps": int(len(ep["actions"])),
-            "success": float(ep["success"].max()) if len(ep["success"]) else 0.0,
-            "success_final": float(ep["success"][-1]) if len(ep["success"]) else 0.0,
-            "first_success_step": int(np.argmax(ep["success"]) + 1) if ep["success"].any() else None,
-            "initial_pixel_distance": _pixel_distance(ep["frames"][0], goal.image),
-            "final_pixel_distance": _pixel_distance(ep["frames"][-1], goal.image),
-            "initial_state_distance": None, "final_state_distance": _state_distance(final_state, goal.state),
-            "expert_steps_to_goal": int(goal.step),
-            "plans": len(plans),
-            "plan_seconds_mean": float(np.mean([p.seconds for p in plans])) if plans else 0.0,
-            "evaluations_per_plan": float(np.mean([p.evaluations for p in plans])) if plans else 0.0,
-            "seconds": float(ep["seconds"]),
-        }
-        env.reset()
-        row["initial_state_distance"] = _state_distance(env.get_sim_state()["state_obs"], goal.state)
-        rows.append(row)
-        if cfg.videos:
-            write_video(run_dir / "videos" / f"{task}__v{variation}.mp4", real_vs_imagined(ep, goal.image))
-        env.close()
-        info = {"config": to_dict(cfg), "per_episode": rows, "aggregated": {
-            "overall": _aggregate(rows),
-            "per_task": {t: _aggregate([r for r in rows if r["task"] == t]) for t in dict.fromkeys(r["task"] for r in rows)},
-        }}
-        atomic_write_json(run_dir / "eval_info.json", info)  # after every episode
-    print(json.dumps(info["aggregated"]["overall"], indent=2))
-    print(f"wrote {run_dir / 'eval_info.json'}")
-    return info
+    return run_metaworld(cfg, device, run_dir)
 
 
 if __name__ == "__main__":

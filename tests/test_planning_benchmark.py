@@ -1,0 +1,108 @@
+"""The planning benchmark harness (experiments/plan_to_goal.py) end to end on a tiny saved model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from experiments import plan_to_goal
+from experiments.plan_to_goal import aggregate_metaworld, wilson_interval
+
+
+def test_wilson_interval_known_values():
+    # Reference values of the 95 % Wilson score interval (z = 1.96).
+    lo, hi = wilson_interval(10, 10)
+    assert lo == pytest.approx(0.7225, abs=1e-3) and hi == pytest.approx(1.0)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-3)
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-3) and hi == pytest.approx(0.7634, abs=1e-3)
+
+
+def test_aggregate_weighs_tasks_equally():
+    rows = [{"task": "a", "variation": v, "success": 1.0} for v in range(4)]
+    rows += [{"task": "b", "variation": 0, "success": 0.0}]
+    agg = aggregate_metaworld(rows)
+    assert agg["per_task"]["a"]["success_rate"] == 1.0 and agg["per_task"]["b"]["success_rate"] == 0.0
+    assert agg["overall"]["mean_task_success"] == 0.5  # the pooled rate would be 0.8
+    assert agg["overall"]["success_rate"] == pytest.approx(0.8)
+    lo, hi = agg["per_task"]["a"]["success_ci95"]
+    assert 0 < lo < 1 and hi == pytest.approx(1.0)
+
+
+@pytest.fixture
+def tiny_ghvae_dir(tmp_path):
+    from foresight.config import preset
+    from foresight.models.ghvae import GHVAE, GHVAEConfig
+
+    torch.manual_seed(0)
+    cfg = preset(GHVAEConfig, "tiny")
+    model = GHVAE(cfg).set_stage(f"module{cfg.num_modules}")
+    # A fresh GHVAE predicts "nothing moves" (its pixel head starts at zero); give it some dynamics so that
+    # candidates get different costs.
+    torch.nn.init.normal_(model.stack[0].decoder.out[-1].weight, std=0.2)
+    return model.save_pretrained(tmp_path / "ghvae" / "model")
+
+
+def _args(model_dir, out, **extra):
+    args = {"model": str(model_dir), "tasks": "[reach-v3]", "variations": "[10000]", "num_samples": 6,
+            "iterations": 1, "horizon": 3, "max_steps": 3, "replan_every": 1, "control_check": "true",
+            "control_plans": 6, "out": str(out), "name": "bench", "videos": "true"}
+    args.update(extra)
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+@pytest.mark.mujoco
+def test_benchmark_end_to_end_and_resume(tiny_ghvae_dir, tmp_path):
+    out = tmp_path / "runs"
+    info = plan_to_goal.main(_args(tiny_ghvae_dir, out))
+    run = out / "bench"
+    saved = json.loads((run / "eval_info.json").read_text())
+    assert saved["per_episode"] == json.loads(json.dumps(info["per_episode"]))
+    (row,) = saved["per_episode"]
+    for key in ("success", "first_success_step", "final_state_distance", "final_pixel_distance",
+                "plan_seconds_mean", "control_check"):
+        assert key in row
+    assert row["steps"] == 3 and row["plans"] == 3
+    check = saved["control_check"]["reach-v3"]
+    assert check["plans"] == 6 and set(check["motion"]) == {"+x", "-x", "+y", "-y", "+z", "-z"}
+    assert check["spearman"] is None or -1 <= check["spearman"] <= 1
+    assert all(m["true"] > 0 for m in check["motion"].values())  # the real hand moves under a pure action
+    agg = saved["aggregated"]
+    assert agg["per_task"]["reach-v3"]["episodes"] == 1 and len(agg["overall"]["success_ci95"]) == 2
+    assert (run / "videos" / "reach-v3__v10000.mp4").stat().st_size > 0
+    import imageio.v3 as iio
+    strip = iio.imread(run / "strips" / "reach-v3__v10000.png")
+    assert strip.shape[0] > 3 * 64  # three rows: real | imagined | goal
+    # Imagined row is not blank: the planner recorded the sample it scored.
+    rows = np.split(strip[2:2 + 3 * 66], 3, axis=0)
+    assert rows[1].mean() > 5
+
+    # A second run of the same command resumes: the finished episode is not played again.
+    again = plan_to_goal.main(_args(tiny_ghvae_dir, out))
+    assert again["per_episode"][0]["seconds"] == row["seconds"]
+    with pytest.raises(ValueError, match="another config"):
+        plan_to_goal.main(_args(tiny_ghvae_dir, out, num_samples=7))
+
+
+@pytest.mark.mujoco
+def test_planning_step_is_deterministic_under_a_seed(tiny_ghvae_dir):
+    import foresight
+    from agents.mpc import VisualMPC
+    from agents.optimizers import CEM
+
+    model = foresight.load(tiny_ghvae_dir)
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    goal = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+
+    def plan(seed):
+        agent = VisualMPC(model, CEM(num_samples=12, iterations=2, min_elites=3), horizon=4,
+                          action_low=-np.ones(4), action_high=np.ones(4), seed=seed)
+        agent.reset(goal)
+        return agent.act(obs)
+
+    a, b, c = plan(3), plan(3), plan(4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
