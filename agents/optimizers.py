@@ -338,7 +338,8 @@ class ICEM(CEM):
 
     Args (beyond `CEM`'s):
         population_decay: population at iteration i is num_samples * decay^-i (at least 2 * elites).
-        keep_elites: fraction of the previous iteration's elites re-evaluated in the next one; the shifted
+        keep_elites: fraction of the previous iteration's elites carried into the next one (their costs are
+            reused, not re-scored); the shifted
             elites of the previous plan enter through ``init_samples`` (`TrajectoryPlanner` passes them).
     Defaults follow the paper: beta = 2 red noise, decay 1.25, 30 % carried elites, momentum 0.1.
     """
