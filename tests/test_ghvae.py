@@ -301,6 +301,60 @@ def test_features_and_embeddings_shapes(clips):
     assert pe.shape == (2, 1, 3, emb.shape[-1])
 
 
+def test_checkpoint_from_before_the_action_path_loads_as_the_old_model(clips, tmp_path):
+    """config.json without ``action_in_decoder`` / ``latent_weight`` and weights without the decoder's FiLM
+    layer and the next-feature head (what older code wrote): loads, and predicts what the prior-only model did."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    old = make_model(action_in_decoder=False)
+    train_steps(old, batch_of(clips), steps=2)
+    old.save_pretrained(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    for key in ("action_in_decoder", "latent_weight"):
+        del meta["config"][key]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    weights = load_file(str(tmp_path / "old" / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if ".next_feature." not in k}, str(tmp_path / "old" / "model.safetensors"))
+    loaded = foresight.load(tmp_path / "old")
+    assert loaded.config.action_in_decoder and loaded.stack[0].decoder.action is not None
+    assert all(torch.count_nonzero(p) == 0 for p in loaded.stack[0].decoder.action.parameters())
+    batch = batch_of(clips, 2)
+    context, actions = batch["frames"][:, :2], batch["actions"][:, 1:4]
+    torch.testing.assert_close(loaded.predict(context, actions, seed=3), old.predict(context, actions, seed=3))
+
+
+@pytest.mark.parametrize("stage", ["module1", "module2"])
+def test_latent_rollout_is_the_deepest_level_of_the_pixel_rollout(clips, stage):
+    """predict_embeddings == the deepest states the pixel rollout decodes when it carries its deepest level
+    (same seed, bit-close); its first step equals the default pixel rollout's; no pixels are decoded."""
+    model = make_model(num_modules=2)
+    train_steps(model, batch_of(clips), steps=3)
+    model.set_stage(stage)
+    batch = batch_of(clips, 2)
+    context, actions = batch["frames"][:, :2], torch.randn(2, 4, 4)
+    latent = model.predict_embeddings(context, actions, num_samples=3, seed=5)
+    d = model.depth
+    assert latent.shape == (2, 3, 4, model.embedding_dim) == (2, 3, 4, model.embed(context).shape[-1])
+    with torch.no_grad():
+        frames, carried = model._rollout(context, actions, 3, torch.Generator().manual_seed(5), 4, carry_deepest=True)
+        _, default = model._rollout(context, actions, 3, torch.Generator().manual_seed(5), 4)
+    torch.testing.assert_close(latent, carried.flatten(2).view(2, 3, 4, -1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(latent[:, :, 0], default[:, 0].flatten(1).view(2, 3, -1), rtol=0, atol=1e-5)
+    # The carried pixel rollout's frames are what `predict` shows for step 1 (both decode the same state).
+    video = model.predict(context, actions, num_samples=3, seed=5)
+    torch.testing.assert_close(video[:, :, 0], frames[:, 0].view(2, 3, 3, 16, 16), rtol=0, atol=1e-5)
+    # No pixel decoding and no module below d after the context: count decoder-output and lower-encoder calls.
+    calls = []
+    hooks = [model.stack[d - 1].decoder.out.register_forward_hook(lambda *a: calls.append("out"))]
+    hooks += [m.encoder.register_forward_hook(lambda *a: calls.append("enc")) for m in model.stack[:d]]
+    model.predict_embeddings(context, actions, num_samples=3, seed=5)
+    for h in hooks:
+        h.remove()
+    assert calls == ["enc"] * d  # the context encoding only
+
+
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_frame_cache_reads_either_frame_layout(clips, channels_last):
     """The per-frame cache reads a ClipDataset-like ``frames`` array stored [N, H, W, 3] or [N, 3, H, W]."""

@@ -39,6 +39,8 @@ class GHVAEConfig:
     finetune: bool = True            # append an end-to-end "finetune" stage after the greedy ones
     cache_dtype: str = "float16"     # dtype of cached frozen-module features ("float16" | "float32")
     checkpoint_frozen: bool = False  # recompute frozen decoders in backward instead of storing their activations
+    action_in_decoder: bool = True  # a_t modulates every decoder's bottleneck (FiLM); False = prior-only (action-blind)
+    latent_weight: float = 0.1       # weight of the next-feature head's loss (relative MSE; trains only that head)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"image_size": 16, "num_modules": 2, "base_channels": 8, "max_channels": 16,
                  "max_lstm_channels": 16, "min_size": 4, "context_frames": 2, "future_frames": 3},
@@ -56,6 +58,8 @@ class GHVAEConfig:
                              f"{self.context_frames}, {self.future_frames}")
         if self.cache_dtype not in ("float16", "float32", "bfloat16"):
             raise ValueError(f"cache_dtype must be float16, bfloat16 or float32, got {self.cache_dtype!r}")
+        if self.latent_weight < 0:
+            raise ValueError(f"latent_weight must be >= 0, got {self.latent_weight}")
         if self.posterior_std <= 0:
             raise ValueError(f"posterior_std must be > 0, got {self.posterior_std}")
 

@@ -11,14 +11,26 @@ Per transition t -> t+1 (x^0 = x, all h^j_t from the frame x_t)::
     h_t^j = enc^j(h_t^{j-1})                                       j = 1..d
     q: z_{t+1}^d ~ N(post^d(h_{t+1}^d), posterior_std^2)           training only
     p: z_{t+1}^d ~ N(prior^d(h_t^d, a_t))                          inference
-    u^d = z_{t+1}^d;   u^{j-1} = dec^j(h_t^j, u^j)  for j = d..1;   x_{t+1} = x_t + u^0
+    u^d = z_{t+1}^d;   u^{j-1} = dec^j(h_t^j, u^j, a_t)  for j = d..1;   x_{t+1} = x_t + u^0
+    h_{t+1}^d ~= h_t^d + next^d(y^d)      y^d = the level-d bottleneck inside dec^d (before it upsamples)
 
-Loss of stage module d (the per-module ELBO, Eq. 2), per future frame, both terms per pixel::
+Where the action enters, and why: the seeds put a_t only into the prior over z^d. With a fixed posterior std of
+1 and a KL weight of 1e-3 the model keeps z nearly empty (0.05-0.1 nats per frame measured), so that path
+carries nothing and the predictions ignore the actions. SVG, SV2P and FitVid feed the action into the
+*deterministic* frame predictor; here it modulates every decoder's bottleneck by FiLM (``action_in_decoder``,
+see `modules.py`), a path the likelihood cannot ignore, and it still enters the prior, so z only has to carry
+what the action does not explain. ``action_in_decoder=False`` is the seeds' prior-only conditioning.
+
+Loss of stage module d (the per-module ELBO, Eq. 2), per future frame, both terms per pixel, plus the probe::
 
     mse(x_{t+1}, target) + kl_weight * KL(q || p) / (3 H W)
+        + latent_weight * |h_t^d + next^d(y^d) - h_{t+1}^d|^2 / var(h_{t+1}^d)      (inputs and target detached)
 
 The decoders of frozen modules sit inside the likelihood, as in the paper: gradients flow through them into
-module d, but their weights do not change.
+module d, but their weights do not change. The last term trains only the ``next_feature`` head: it reads the
+predicted next deepest encoding off the decoder, which lets planning roll out at the deepest level without
+decoding pixels (`predict_embeddings`) and compare that to ``embed(goal)`` = the encoding of the goal image.
+Detached, it cannot change what the video model learns.
 """
 
 from __future__ import annotations
@@ -63,7 +75,8 @@ class GHVAE(WorldModel):
         self.shapes = module_shapes(config)
         # Named `stack` (not `modules`, which nn.Module already defines). stack[k-1] is module k.
         self.stack = nn.ModuleList(
-            GHVAEModule(s, action_dim=config.action_dim, res_blocks=config.res_blocks) for s in self.shapes)
+            GHVAEModule(s, action_dim=config.action_dim, res_blocks=config.res_blocks,
+                        action_in_decoder=config.action_in_decoder) for s in self.shapes)
         self.set_stage(self.stages[0])
 
     # ------------------------------------------------------------------ stages
@@ -145,19 +158,27 @@ class GHVAE(WorldModel):
             out.append(h)
         return out
 
-    def decode(self, hs: list[Tensor], u: Tensor, frame: Tensor) -> Tensor:
-        """Decode the deepest future ``u = z^d [N, Z^d, H^d, W^d]`` with the current ``hs = [h_t^1..h_t^d]``
-        and frame ``x_t [N, 3, H, W]`` into ``x_{t+1} [N, 3, H, W]`` (not clamped)."""
+    def decode(self, hs: list[Tensor], u: Tensor, frame: Tensor, action: Tensor | None = None,
+               bottleneck: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Decode the deepest future ``u = z^d [N, Z^d, H^d, W^d]`` with the current ``hs = [h_t^1..h_t^d]``,
+        frame ``x_t [N, 3, H, W]`` and action ``a_t [N, A]`` into ``x_{t+1} [N, 3, H, W]`` (not clamped).
+
+        Also returns the deepest decoder's bottleneck ``y^d [N, C^d, H^d, W^d]`` (see `next_features`); pass
+        ``bottleneck`` when it is already computed (then ``u`` is unused)."""
         frozen = self.frozen_modules if (self.config.checkpoint_frozen and torch.is_grad_enabled()) else 0
-        for j in range(len(hs), 0, -1):
+        d = len(hs)
+        top = self.stack[d - 1].decoder
+        y = top.step(hs[-1], u, action) if bottleneck is None else bottleneck  # [N, C^d, H^d, W^d]
+        u = top.out(y)
+        for j in range(d - 1, 0, -1):
             decoder = self.stack[j - 1].decoder
             if j <= frozen and u.requires_grad:
                 # The gradient must pass through a frozen decoder into module k, but its activations need not
                 # be kept: recompute them in backward (less memory for one extra forward of frozen parts).
-                u = torch.utils.checkpoint.checkpoint(decoder, hs[j - 1], u, use_reentrant=False)
+                u = torch.utils.checkpoint.checkpoint(decoder, hs[j - 1], u, action, use_reentrant=False)
             else:
-                u = decoder(hs[j - 1], u)  # [N, Z^{j-1} (3 at j=1), H^{j-1}, W^{j-1}]
-        return frame + u if self.config.residual else torch.sigmoid(u)
+                u = decoder(hs[j - 1], u, action)  # [N, Z^{j-1} (3 at j=1), H^{j-1}, W^{j-1}]
+        return (frame + u if self.config.residual else torch.sigmoid(u)), y
 
     def _features_for(self, batch: dict[str, Any], frames: Tensor, depth: int, frozen: int) -> list[Tensor]:
         """h^1..h^depth of all frames ``[B, T, 3, H, W]``, each ``[B, T, C, H, W]``; frozen levels from the
@@ -220,14 +241,21 @@ class GHVAE(WorldModel):
 
         # Decode all F future frames at once (teacher forcing: h_t from the true frames).
         cur = [h[:, c - 1: n - 1].flatten(0, 1) for h in hs]  # d x [B*F, C^j, H^j, W^j]
-        pred = self.decode(cur, z.flatten(0, 1), frames[:, c - 1: n - 1].flatten(0, 1))  # [B*F, 3, H, W]
+        future_actions = None if actions is None else actions[:, c - 1: n - 1].flatten(0, 1)  # [B*F, A]
+        pred, y = self.decode(cur, z.flatten(0, 1), frames[:, c - 1: n - 1].flatten(0, 1), future_actions)
         target = frames[:, c:].flatten(0, 1)
         mse = F.mse_loss(pred, target)
         kl = gaussian_kl_fixed_q(mu_q, std_q, mu_p, logstd_p).flatten(2).sum(-1).mean()  # nats per frame
         pixels = 3 * self.image_size**2
-        loss = mse + self.config.kl_weight * kl / pixels
+        # The next-feature probe (module docstring): detached inputs and target, so it trains only the head.
+        h_next = hs[-1][:, c:].flatten(0, 1).detach()  # [B*F, C^d, H^d, W^d]
+        scale = h_next.var().clamp_min(1e-6)
+        latent = F.mse_loss(top.predict_feature(cur[-1].detach(), y.detach()), h_next) / scale
+        loss = mse + self.config.kl_weight * kl / pixels + self.config.latent_weight * latent
         metrics = {"mse": float(mse.detach()), "kl": float(kl.detach()), "loss": float(loss.detach()),
-                   "psnr": float(10 * torch.log10(1 / mse.detach().clamp_min(1e-10)))}
+                   "psnr": float(10 * torch.log10(1 / mse.detach().clamp_min(1e-10))),
+                   "latent": float(latent.detach()),  # relative MSE of the predicted next h^d ...
+                   "latent_copy": float(F.mse_loss(cur[-1].detach(), h_next) / scale)}  # ... and of h_t^d
         return loss, metrics
 
     @torch.no_grad()
@@ -279,9 +307,27 @@ class GHVAE(WorldModel):
 
     # ------------------------------------------------------------------ inference
     def _predict(self, context_frames, actions, num_samples, generator, horizon):
+        frames, _ = self._rollout(context_frames, actions, num_samples, generator, horizon)
+        return frames.view(-1, num_samples, horizon, 3, self.image_size, self.image_size)
+
+    def _rollout(self, context_frames: Tensor, actions: Tensor | None, num_samples: int,
+                 generator: torch.Generator | None, horizon: int, *, pixels: bool = True,
+                 carry_deepest: bool = False) -> tuple[Tensor | None, Tensor]:
+        """The one rollout behind `predict` and `predict_embeddings`, batched over B*S (sample index inner).
+
+        Per step: prior step on h_t^d, z^d = mean + std * noise (one ``randn`` of the same shape per step, so a
+        seed draws the same z in every mode), deepest decoder bottleneck y^d, predicted next feature
+        ``h_t^d + next^d(y^d)``; with ``pixels`` also decoders d..1 down to x_{t+1}.
+        The next step's h_{t+1}^d is the re-encoded predicted frame (default, as GHVAE predicts) or, with
+        ``carry_deepest`` (implied when ``pixels`` is False), the predicted next feature itself.
+
+        Returns frames ``[B*S, T, 3, H, W]`` (None without ``pixels``) and the predicted next features
+        ``[B*S, T, C^d, H^d, W^d]``.
+        """
         d, c, s = self.depth, self.context_frames, num_samples
         b = context_frames.shape[0]
         top = self.stack[d - 1]
+        carry_deepest = carry_deepest or not pixels
         context = context_frames.repeat_interleave(s, dim=0)  # [B*S, C, 3, H, W]; sample index is the inner one
         if actions is not None:
             actions = actions.repeat_interleave(s, dim=0)  # [B*S, T, A]
@@ -292,15 +338,26 @@ class GHVAE(WorldModel):
             _, _, state = top.prior_step(hs[-1][:, t], zero_action, state)
         cur = [h[:, c - 1] for h in hs]
         frame = context[:, c - 1]
-        out = []
-        for t in range(horizon):  # one encode + prior step + decode per predicted frame, batched over B*S
-            mean, logstd, state = top.prior_step(cur[-1], None if actions is None else actions[:, t], state)
+        out, feats = [], []
+        for t in range(horizon):  # prior step + deepest decoder (+ decode + encode) per step, batched over B*S
+            a_t = None if actions is None else actions[:, t]
+            mean, logstd, state = top.prior_step(cur[-1], a_t, state)
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            frame = self.decode(cur, mean + logstd.exp() * noise, frame).clamp(0, 1)  # [B*S, 3, H, W]
-            out.append(frame)
+            y = top.decoder.step(cur[-1], mean + logstd.exp() * noise, a_t)  # [B*S, C^d, H^d, W^d]
+            nxt = top.predict_feature(cur[-1], y)                           # predicted h_{t+1}^d
+            feats.append(nxt)
+            if pixels:
+                frame = self.decode(cur, None, frame, a_t, bottleneck=y)[0].clamp(0, 1)  # [B*S, 3, H, W]
+                out.append(frame)
             if t + 1 < horizon:
-                cur = self.encode(frame, d)
-        return torch.stack(out, dim=1).view(b, s, horizon, 3, self.image_size, self.image_size)
+                if not pixels:
+                    cur = [nxt]
+                elif carry_deepest:
+                    cur = self.encode(frame, d - 1) + [nxt]
+                else:
+                    cur = self.encode(frame, d)
+        frames = torch.stack(out, dim=1) if pixels else None
+        return frames, torch.stack(feats, dim=1)
 
     # ------------------------------------------------------------------ features for policies and costs
     @property
@@ -312,11 +369,38 @@ class GHVAE(WorldModel):
         b, t = frames.shape[:2]
         return self.encode(frames.flatten(0, 1))[-1].mean(dim=(2, 3)).view(b, t, -1)
 
+    @property
+    def embedding_dim(self) -> int:
+        shape = self.shapes[self.depth - 1]
+        return shape.channels * shape.size**2
+
     def embed(self, frames: Tensor) -> Tensor:
-        """``[..., 3, H, W]`` -> the flattened deepest encoding h^d ``[..., C^d * H^d * W^d]``."""
+        """``[..., 3, H, W]`` -> the flattened deepest encoding h^d ``[..., D = C^d * H^d * W^d]``."""
         lead = frames.shape[:-3]
         h = self.encode(frames.reshape(-1, *frames.shape[-3:]))[-1]
         return h.flatten(1).view(*lead, -1)
+
+    @torch.no_grad()
+    def predict_embeddings(self, context_frames: Tensor, actions: Tensor | None = None, num_samples: int = 1, *,
+                           horizon: int | None = None, generator: torch.Generator | None = None,
+                           seed: int | None = None) -> Tensor:
+        """Latent rollout at the deepest level: ``[B, S, T, D]``, comparable to ``embed(goal_image)``.
+
+        Per step: prior step, z^d, the deepest decoder's bottleneck and the next-feature head give the predicted
+        h_{t+1}^d, which is fed back; no pixel is decoded and no lower module runs after the context is encoded.
+        These are exactly the deepest states that ``_rollout(..., carry_deepest=True)`` decodes into its frames
+        under the same seed (tested). `predict` instead re-encodes every predicted frame, so from the second
+        step its deepest states differ from these by the decode / re-encode round trip.
+        """
+        context_frames, actions, horizon = self._check_predict_inputs(context_frames, actions, num_samples, horizon)
+        generator = self._generator(generator, seed)
+        was_training = self.training
+        self.eval()
+        try:
+            _, feats = self._rollout(context_frames, actions, num_samples, generator, horizon, pixels=False)
+        finally:
+            self.train(was_training)
+        return feats.flatten(2).view(context_frames.shape[0], num_samples, horizon, -1)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_modules={self.num_modules}, depth={self.depth}"

@@ -3,9 +3,18 @@
 Module k (1-based) with shapes from `module_shapes`::
 
     encoder    h_t^{k-1} [N, C^{k-1}, H^{k-1}, W^{k-1}]  ->  h_t^k [N, C^k, H^k, W^k]     (x_t for k = 1)
-    decoder    (h_t^k, u_{t+1}^k [N, Z^k, H^k, W^k])     ->  u_{t+1}^{k-1}               (x_{t+1} for k = 1)
+    decoder    (h_t^k, u_{t+1}^k [N, Z^k, H^k, W^k], a_t) ->  u_{t+1}^{k-1}              (x_{t+1} for k = 1)
+               in two halves: ``step`` -> the level-k bottleneck y [N, C^k, H^k, W^k], ``out(y)`` upsamples
+    next_feature  y -> h_t^k + head(y) = the predicted next encoding h_{t+1}^k (for latent rollouts)
     prior      ConvLSTM over cat(h_t^k, a_t tiled)       ->  mean, log-std of z_{t+1}^k  [N, Z^k, H^k, W^k]
     posterior  ConvLSTM over h_{t+1}^k                   ->  mean of z_{t+1}^k (its std is fixed)
+
+The action a_t enters the decoder's deterministic path (``action_in_decoder``) by FiLM on the bottleneck:
+``y = blocks(inp(cat(h, u)) * (1 + gamma(a)) + beta(a))``. With a near-zero KL the prior is a path the model can
+ignore (z carries almost nothing at a fixed posterior std of 1); the decoder cannot ignore an input that
+explains the motion, which is how SVG, SV2P and FitVid condition on actions (in their deterministic frame
+predictor, not only in the latent). gamma and beta are one linear layer; a checkpoint written before they
+existed loads them as zeros, which is exactly the old, action-blind decoder.
 
 ``u^k`` is "the future at level k" in the channels of z^k: when module k is the deepest, u^k = z^k (sampled
 from the posterior in training and from the prior at inference); when a deeper module k+1 exists, its decoder
@@ -56,11 +65,24 @@ class Encoder(nn.Module):
         return self.net(x)
 
 
+def _fill_missing_with_zeros(module: nn.Module, state_dict: dict, prefix: str, names: tuple[str, ...]) -> None:
+    """Weights that a checkpoint predates load as zeros (a no-op layer), so old checkpoints keep working."""
+    for name in names:
+        child = getattr(module, name)
+        if child is None:
+            continue
+        for key, param in child.named_parameters(prefix=prefix + name):
+            if key not in state_dict:
+                state_dict[key] = torch.zeros_like(param)
+
+
 class Decoder(nn.Module):
-    def __init__(self, shape: ModuleShape, res_blocks: int):
+    def __init__(self, shape: ModuleShape, res_blocks: int, action_dim: int = 0):
         super().__init__()
         ch = shape.channels
         self.inp = nn.Conv2d(ch + shape.latent, ch, 3, padding=1)
+        # FiLM of the bottleneck by the action: (1 + gamma(a), beta(a)), each [N, C^k]
+        self.action = nn.Linear(action_dim, 2 * ch) if action_dim > 0 else None
         self.blocks = nn.Sequential(*[ResBlock(ch) for _ in range(res_blocks)])
         out_width = max(shape.in_channels, 16)  # width at the output resolution (k = 1 would be just 3)
         up = (nn.ConvTranspose2d(ch, out_width, 4, stride=2, padding=1) if shape.downsample
@@ -72,9 +94,22 @@ class Decoder(nn.Module):
             nn.init.zeros_(self.out[-1].weight)
             nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, h: Tensor, u: Tensor) -> Tensor:
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _fill_missing_with_zeros(self, state_dict, prefix, ("action",))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def step(self, h: Tensor, u: Tensor, action: Tensor | None = None) -> Tensor:
+        """The level-k half: ``(h_t^k, u^k, a_t [N, A])`` -> bottleneck ``y [N, C^k, H^k, W^k]``."""
         x = self.inp(torch.cat([h, u], dim=1))  # [N, C^k, H^k, W^k]
-        return self.out(self.blocks(x))          # [N, out, H^{k-1}, W^{k-1}]
+        if self.action is not None:
+            if action is None:
+                raise ValueError("this decoder is action-conditioned and needs actions")
+            gamma, beta = self.action(action.to(x.dtype))[:, :, None, None].chunk(2, dim=1)  # [N, C^k, 1, 1] x2
+            x = x * (1 + gamma) + beta
+        return self.blocks(x)
+
+    def forward(self, h: Tensor, u: Tensor, action: Tensor | None = None) -> Tensor:
+        return self.out(self.step(h, u, action))  # [N, out, H^{k-1}, W^{k-1}]
 
 
 class GaussianConvLSTM(nn.Module):
@@ -98,12 +133,16 @@ class GaussianConvLSTM(nn.Module):
 class GHVAEModule(nn.Module):
     """Module k's four sub-networks (``W^k = {enc, dec, prior, post}`` in the paper)."""
 
-    def __init__(self, shape: ModuleShape, *, action_dim: int, res_blocks: int):
+    def __init__(self, shape: ModuleShape, *, action_dim: int, res_blocks: int, action_in_decoder: bool = True):
         super().__init__()
         self.shape = shape
         self.action_dim = action_dim
         self.encoder = Encoder(shape, res_blocks)
-        self.decoder = Decoder(shape, res_blocks)
+        self.decoder = Decoder(shape, res_blocks, action_dim if action_in_decoder else 0)
+        # Reads the predicted next encoding h_{t+1}^k off the decoder's bottleneck (trained as a probe, see
+        # GHVAE.loss), so a rollout can stay at this level and never decode pixels.
+        self.next_feature = nn.Sequential(_norm(shape.channels), nn.SiLU(),
+                                          nn.Conv2d(shape.channels, shape.channels, 3, padding=1))
         self.prior = GaussianConvLSTM(in_channels=shape.channels + action_dim, hidden=shape.lstm,
                                       latent=shape.latent, learn_std=True)
         self.posterior = GaussianConvLSTM(in_channels=shape.channels, hidden=shape.lstm,
@@ -117,3 +156,12 @@ class GHVAEModule(nn.Module):
             tiled = action[:, :, None, None].expand(-1, -1, h.shape[-2], h.shape[-1])  # [N, A, H, W]
             h = torch.cat([h, tiled.to(h.dtype)], dim=1)
         return self.prior(h, state)
+
+    def predict_feature(self, h: Tensor, y: Tensor) -> Tensor:
+        """h_t^k and the decoder bottleneck y (both [N, C^k, H^k, W^k]) -> predicted h_{t+1}^k."""
+        return h + self.next_feature(y)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint from before the head existed: a zero head predicts "the features do not change".
+        _fill_missing_with_zeros(self, state_dict, prefix, ("next_feature",))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
