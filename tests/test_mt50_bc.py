@@ -30,3 +30,40 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path):
     assert mt50_bc.main(args) == first
     assert (run / "eval" / "harp_seed0.json").stat().st_mtime_ns == stamp
     assert (run / "pretrain" / "model" / "model.safetensors").stat().st_mtime_ns == model_stamp
+
+
+def _fake_collection(root, tasks, variations, T=6, size=16):
+    """A tiny episode store in the collection's layout (split: test iff variation % 10 == 9), written in a shuffled
+    order as parallel collection workers would."""
+    import numpy as np
+
+    from foresight.data.episodes import EpisodeWriter
+
+    writer = EpisodeWriter(root, meta={"image_size": size, "action_dim": 4})
+    keys = [(t, v) for t in tasks for v in range(variations)]
+    for task, v in [keys[i] for i in np.random.default_rng(0).permutation(len(keys))]:
+        rng = np.random.default_rng(v)
+        success = np.zeros(T, bool)
+        success[-2:] = True
+        episode = {"frames": rng.integers(0, 256, (T, size, size, 3), dtype=np.uint8),
+                   "actions": rng.uniform(-1, 1, (T - 1, 4)).astype(np.float32),
+                   "states": rng.standard_normal((T, 39)).astype(np.float32),
+                   "rewards": np.zeros(T - 1, np.float32), "success": success}
+        writer.write(episode, task=task, variation=v, split="test" if v % 10 == 9 else "train")
+
+
+def test_uses_exactly_demos_per_task_of_a_fuller_collection(tmp_path):
+    from experiments import mt50_bc
+    from foresight.config import merge, preset
+
+    tasks = ("reach-v3", "drawer-close-v3")
+    _fake_collection(tmp_path / "data", tasks, variations=30)  # a fuller collection than the run asks for
+    cfg = merge(preset(mt50_bc.MT50BCConfig, "tiny"), {"data_root": str(tmp_path / "data"), "tasks": tasks,
+                                                       "demos_per_task": 12})
+    clips = mt50_bc._clips(cfg, "train", length=4, augment=0)
+    assert len(clips) == 2 * 11 * (6 - 4 + 1)  # 11 train-split variations among 0..11 per task, 3 clips each
+    train = [(r.task, r.variation) for r in mt50_bc._episodes(cfg, "train").records]
+    test = [(r.task, r.variation) for r in mt50_bc._episodes(cfg, "test").records]
+    # variations 0..11 of each task, in task then variation order (not the order the workers finished in)
+    assert train == [(t, v) for t in tasks for v in (*range(9), 10, 11)]
+    assert test == [(t, 9) for t in tasks]

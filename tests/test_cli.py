@@ -1,0 +1,220 @@
+"""The scripts' command lines: every script answers --help, a user's mistake is one line and exit status 2, and
+the issue-15 defects of experiments/train_world_model.py (unseeded initial weights, a later stage started from a
+random earlier one, train.steps<=0)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments import train_world_model as twm
+from experiments.common import UsageError, cli_main, config_help, dataclass_argparser, field_docs
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p for d in ("experiments", "benchmarks") for p in (ROOT / d).glob("*.py")
+                 if re.search(r'^if __name__ == "__main__":', p.read_text(), re.M))
+# Being rewritten elsewhere; drop it from here once it runs through experiments.common.cli_main.
+ADOPTING = {"plan_to_goal.py"}
+
+# One interpreter runs every script's --help (as __main__, its own sys.argv), so torch is imported once.
+_HELP_RUNNER = r"""
+import contextlib, io, json, runpy, sys
+out = {}
+for path in sys.argv[1:]:
+    buf, err = io.StringIO(), io.StringIO()
+    sys.argv = [path, "--help"]
+    sys.path.insert(0, path.rsplit("/", 1)[0])  # as `python path` does: the script's folder first
+    code = None
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(path, run_name="__main__")
+        except SystemExit as e:
+            code = e.code or 0
+        except BaseException as e:
+            code = f"{type(e).__name__}: {e}"
+    sys.path.pop(0)
+    out[path] = {"code": code, "stdout": buf.getvalue(), "stderr": err.getvalue()}
+print("\n@@JSON@@" + json.dumps(out))
+"""
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "FORESIGHT_DEBUG"}
+    env.update(OMP_NUM_THREADS="1", MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"), **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def help_outputs():
+    proc = subprocess.run([sys.executable, "-c", _HELP_RUNNER, *map(str, SCRIPTS)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert "@@JSON@@" in proc.stdout, proc.stderr[-3000:]
+    return json.loads(proc.stdout.split("@@JSON@@", 1)[1])
+
+
+def test_every_script_is_covered():
+    names = {p.name for p in SCRIPTS}
+    assert {"train_world_model.py", "mt50_bc.py", "eval_prediction.py", "bench_planners.py"} <= names
+    assert "common.py" not in names and "_budget.py" not in names
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_script_answers_help(help_outputs, script):
+    result = help_outputs[str(script)]
+    if script.name in ADOPTING and result["code"] != 0:
+        pytest.xfail(f"{script.name} does not use experiments.common.cli_main yet")
+    assert result["code"] == 0, result
+    text = result["stdout"]
+    assert text.startswith("usage:"), text[:500]
+    # At least one option line: "  --flag ..." (argparse) or "  key  type  default  doc" (config scripts).
+    assert re.search(r"^\s+--[a-z]", text, re.M) or re.search(r"^\s+[a-z_][\w.]*\s+(int|float|str|bool)\b", text, re.M)
+    assert "Traceback" not in text + result["stderr"]
+
+
+def test_config_help_lists_types_defaults_and_docs(help_outputs):
+    text = help_outputs[str(ROOT / "experiments" / "train_world_model.py")]["stdout"]
+    line = next(l for l in text.splitlines() if l.strip().startswith("train.steps "))
+    assert "int" in line and "optimizer steps" in line
+    assert re.search(r"^\s+data\.root\s+str\s+data/metaworld_64\s+episode store", text, re.M)
+    mt50 = help_outputs[str(ROOT / "experiments" / "mt50_bc.py")]["stdout"]
+    assert re.search(r"^\s+demos_per_task\s+int\s+20\s+variations 0\.\.n-1", mt50, re.M)
+    assert "cpu, paper, tiny" in mt50  # the presets
+
+
+def _run(script, *args, **env):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=_env(**env),
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("experiments/train_world_model.py", ["train.stpes=5"], "unknown config key 'train.stpes'"),
+    ("experiments/train_world_model.py", ["train.steps=abc"], "train.steps: expected an int, got 'abc'"),
+    ("experiments/mt50_bc.py", ["demos_per_task=many"], "demos_per_task: expected an int"),
+    ("experiments/eval_prediction.py", ["--checkpoint", "x", "--num-clips", "ten"], "invalid int value"),
+])
+def test_user_error_is_one_line_and_exit_2(script, args, message):
+    proc = _run(script, *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_debug_switch_keeps_the_traceback():
+    proc = _run("experiments/train_world_model.py", "train.stpes=5", FORESIGHT_DEBUG="1")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "harpp"], "unknown world-model type 'harpp'"),
+    (["data.root=/nonexistent/data", "--preset", "tiny"], "no episode dataset at /nonexistent/data"),
+    (["train.steps=0"], "train.steps"),
+    (["--config", "/nonexistent/run.yaml"], "config file not found"),
+])
+def test_train_world_model_usage_errors(capsys, tmp_path, args, message):
+    with pytest.raises(SystemExit) as e:
+        cli_main(twm.main, twm.RunConfig, argv=[*args, f"run_dir={tmp_path}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_cli_main_lets_real_crashes_through(capsys):
+    def crash(argv):
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli_main(crash, argv=[])
+
+    def user_mistake(argv):
+        raise UsageError("bad\ninput")
+
+    with pytest.raises(SystemExit) as e:
+        cli_main(user_mistake, argv=[])
+    assert e.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+    with pytest.raises(UsageError):
+        cli_main(user_mistake, argv=["--debug"])
+
+
+def test_field_docs_and_dataclass_argparser():
+    from dataclasses import dataclass, field
+    from typing import Literal
+
+    @dataclass
+    class Args:
+        size: int = 64  # H = W
+        mode: Literal["a", "b"] = "a"
+        """which mode"""
+        names: list[str] = field(default_factory=list)  # repeatable
+        fast: bool = False  # a flag
+
+    assert field_docs(Args) == {"size": "H = W", "mode": "which mode", "names": "repeatable", "fast": "a flag"}
+    p = dataclass_argparser(Args, "doc")
+    assert Args(**vars(p.parse_args(["--names", "x", "--names", "y", "z", "--fast"]))) == Args(
+        names=["x", "y", "z"], fast=True)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--mode", "c"])
+    text = config_help(Args, "doc", prog="x")
+    assert re.search(r"^\s+size\s+int\s+64\s+H = W$", text, re.M)
+
+
+# ---------------------------------------------------------------------------------------------------- defect 1
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("model_type", ["harp", "ghvae", "conv"])
+def test_train_seed_fixes_the_initial_weights(model_type):
+    def build(seed):
+        run, model_config = twm.parse_args(["--model", model_type, "--preset", "tiny", f"train.seed={seed}"])
+        torch.manual_seed(torch.seed() % 1000)  # whatever the global RNG held before must not matter
+        return _weights(twm.build_model(run, model_config))
+
+    a, b, c = build(0), build(0), build(1)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+# ---------------------------------------------------------------------------------------------------- defect 2
+
+TINY_HARP = ["--model", "harp", "--preset", "tiny", "data.root=synthetic", "data.synthetic_clips=16", "train.steps=2",
+             "train.progress=false", "train.batch_size=4"]
+
+
+def _tokenizer_weights(model):
+    ids = {id(p) for p in model.stage_parameters("tokenizer")}
+    return {n: p.detach().clone() for n, p in model.named_parameters() if id(p) in ids}
+
+
+def test_later_stage_starts_from_the_earlier_stage_in_the_run_dir(tmp_path):
+    import foresight
+
+    run_dir = f"run_dir={tmp_path}"
+    twm.main([*TINY_HARP, run_dir, "--stage", "tokenizer"])
+    tokenizer = _tokenizer_weights(foresight.load(tmp_path / "tokenizer"))
+    twm.main([*TINY_HARP, run_dir, "--stage", "transformer"])
+    after = _tokenizer_weights(foresight.load(tmp_path / "transformer"))
+    # The transformer trained on the codes of the trained tokenizer, which it kept frozen.
+    assert tokenizer.keys() == after.keys() and all(torch.equal(tokenizer[k], after[k]) for k in tokenizer)
+    exported = _tokenizer_weights(foresight.load(tmp_path / "model"))
+    assert all(torch.equal(tokenizer[k], exported[k]) for k in tokenizer)
+
+
+def test_later_stage_without_the_earlier_one_refuses_and_says_how(tmp_path):
+    with pytest.raises(UsageError, match="--init"):
+        twm.main([*TINY_HARP, f"run_dir={tmp_path}", "--stage", "transformer"])
+    assert not (tmp_path / "transformer").exists()
+
+
+def test_stage_that_trains_every_weight_may_start_from_scratch(tmp_path):
+    # GHVAE's end-to-end fine-tune (docs/ghvae.md) has nothing frozen, so scratch is a valid start.
+    run, model_config = twm.parse_args(["--model", "ghvae", "--preset", "tiny", f"run_dir={tmp_path}",
+                                        "--stage", "finetune"])
+    assert twm.build_model(run, model_config).type == "ghvae"
