@@ -14,6 +14,7 @@ killed mid-save leaves either the previous checkpoint or the new one, never half
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -121,18 +122,78 @@ def read_json(path: str | Path, *, what: str = "file") -> Any:
         raise CheckpointError(f"corrupt {what}: {path} is not valid JSON ({e})") from e
 
 
+# safetensors metadata key of the SHA-256 over the stored tensors (see `weights_checksum`).
+CHECKSUM_KEY = "foresight.sha256"
+
+
+def weights_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over name, dtype, shape and raw bytes of each tensor, in name order.
+
+    safetensors checks the header (names, dtypes, offsets) but not the tensor bytes, so a flipped bit in the
+    data loads silently; this digest, stored in the file's metadata, catches it.
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _unique_tensors(module: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict with tied tensors stored once (safetensors refuses shared storage): returns the tensors
+    to write and {dropped name: kept name}, which goes into the metadata as `safetensors.torch.save_model`
+    does. `safetensors.torch.load_model` restores tied tensors from the kept name."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in sorted(module.state_dict().items()):
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        t = t.detach().contiguous()
+        # A view of part of a larger storage is written as its own copy (safetensors refuses overlaps).
+        tensors[name] = t.clone() if t.untyped_storage().nbytes() != t.nbytes else t
+    return tensors, aliases
+
+
 def save_weights(module: torch.nn.Module, path: str | Path) -> None:
-    """Write a module's parameters and buffers as safetensors (tied/shared tensors handled)."""
-    from safetensors.torch import save_model
+    """Write a module's parameters and buffers as safetensors (tied/shared tensors handled), with a checksum
+    of the tensor data in the metadata (verified by `load_weights`)."""
+    from safetensors.torch import save_file
 
     path = Path(path)
+    tensors, aliases = _unique_tensors(module)
+    metadata = {**aliases, CHECKSUM_KEY: weights_checksum(tensors)}
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        save_model(module, str(tmp))
+        save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def verify_weights(path: str | Path) -> None:
+    """Check the tensor data of a safetensors file against the checksum in its metadata; files written before
+    checksums were stored (no such key) pass unchecked. Raises CheckpointError naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:  # parses the header: catches truncation / garbage
+            expected = (f.metadata() or {}).get(CHECKSUM_KEY)
+            if expected is None:
+                return
+            actual = weights_checksum({k: f.get_tensor(k) for k in f.keys()})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt weights file {path}: {e}") from e
+    if actual != expected:
+        raise CheckpointError(
+            f"corrupt weights file {path}: the tensor data does not match the checksum stored when it was saved "
+            f"(sha256 {actual[:16]}... vs {expected[:16]}...); the file was damaged or edited after saving")
 
 
 def load_weights(module: torch.nn.Module, path: str | Path, *, device: str | torch.device = "cpu") -> None:
@@ -143,13 +204,7 @@ def load_weights(module: torch.nn.Module, path: str | Path, *, device: str | tor
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"missing weights file: {path} does not exist")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:  # parses the header: catches truncation / garbage
-            f.keys()
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"corrupt weights file {path}: {e}") from e
+    verify_weights(path)
     try:
         missing, unexpected = load_model(module, str(path), strict=False, device=str(device))
     except RuntimeError as e:

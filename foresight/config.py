@@ -145,7 +145,18 @@ def from_dict(cls: type[T], data: dict[str, Any], *, _prefix: str = "") -> T:
             f"known: {sorted(hints)}"
         )
     kwargs = {k: _coerce(v, hints[k], _prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
+    return _construct(cls, kwargs, _prefix)
+
+
+def _construct(cls: type[T], kwargs: dict[str, Any], prefix: str, base: Any = None) -> T:
+    # A config's own checks (``__post_init__``) raise "steps: must be positive"; a nested config must say
+    # where it sits ("train.steps: ...") or the user cannot find the key.
+    try:
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+    except ConfigError as e:
+        if prefix:
+            raise ConfigError(f"{prefix}{e}") from None
+        raise
 
 
 def merge(config: T, updates: dict[str, Any], *, _prefix: str = "") -> T:
@@ -168,7 +179,7 @@ def merge(config: T, updates: dict[str, Any], *, _prefix: str = "") -> T:
         if not dataclasses.is_dataclass(current):
             raise ConfigError(f"config key {head!r} of {type(config).__name__} has no sub-keys")
         changes[head] = merge(current, sub, _prefix=f"{_prefix}{head}.")
-    return dataclasses.replace(config, **changes)
+    return _construct(type(config), changes, _prefix, base=config)
 
 
 def preset(cls: type[T], name: str) -> T:
@@ -242,13 +253,24 @@ def build_config(cls: type[T], argv: list[str] | None = None, *, default_preset:
     preset_name = overrides.pop("preset", None)
     file_values: dict[str, Any] = {}
     config_path = overrides.pop("config", None)
+    preset_from_file = False
     if config_path is not None:
         file_values = load_yaml(config_path)
+        preset_from_file = preset_name is None and file_values.get("preset") is not None
         preset_name = preset_name or file_values.pop("preset", None)
         file_values.pop("preset", None)
     preset_name = preset_name or default_preset
-    config = preset(cls, preset_name) if preset_name else cls()
-    config = merge(config, _flatten(file_values))
+    try:
+        config = preset(cls, preset_name) if preset_name else cls()
+    except ConfigError as e:
+        if preset_from_file:
+            raise ConfigError(f"config file {config_path}: {e}") from None
+        raise
+    try:
+        config = merge(config, _flatten(file_values))
+    except ConfigError as e:
+        # A wrong value in a file must say which file, or a user with several configs cannot find it.
+        raise ConfigError(f"config file {config_path}: {e}") from None
     return merge(config, overrides)
 
 

@@ -27,7 +27,9 @@ import contextlib
 import dataclasses
 import json
 import math
+import numbers
 import os
+import pickle
 import random
 import time
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from foresight import checkpoint as ckpt
-from foresight.config import to_dict
+from foresight.config import ConfigError, to_dict
 from foresight.world_model import WorldModel
 
 __all__ = ["TrainConfig", "Trainer", "select_device", "seed_everything"]
@@ -77,6 +79,25 @@ class TrainConfig:
     ddp_find_unused_parameters: bool = False  # set for models whose stage leaves some parameters unused
     progress: bool = True             # tqdm progress bar
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for settings the loop cannot run with (e.g. ``steps=0``: nothing to train and no
+        checkpoint to export)."""
+        positive = {"steps": "optimizer steps to train", "batch_size": "clips per process per micro-batch",
+                    "grad_accum": "micro-batches per optimizer step", "log_every": "steps between log lines"}
+        for name, meaning in positive.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ConfigError(f"{name}: must be positive ({meaning}), got {value!r}")
+        for name in ("warmup_steps", "eval_every", "sample_every", "save_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ConfigError(f"{name}: expected an int >= 0 (0 disables), got {value!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay: expected a value in [0, 1) (0 disables), got {self.ema_decay!r}")
+
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"steps": 20, "batch_size": 4, "warmup_steps": 2, "log_every": 5, "eval_every": 0,
                  "save_every": 0, "eval_batches": 1},
@@ -102,15 +123,27 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The global RNG states as tensors, ints, floats and strings only, so that a saved training state loads
+    with ``torch.load(weights_only=True)`` (numpy's state holds an ndarray, which that refuses)."""
+    version, mt, gauss = random.getstate()  # (3, 625 ints, None or float)
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"bit_generator": str(name), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["bit_generator"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -195,6 +228,15 @@ def _move(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def _accumulate(totals: dict[str, float], loss: torch.Tensor, metrics: dict[str, Any], weight: float) -> None:
+    """Add ``weight`` x (the loss and each metric) to ``totals``. The returned loss is the one "loss": a model
+    that also reports it in its metrics (GHVAE does) must not have it added twice."""
+    totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * weight
+    for k, v in metrics.items():
+        if k != "loss":
+            totals[k] = totals.get(k, 0.0) + float(v) * weight
+
+
 def _lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
@@ -202,12 +244,31 @@ def _lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _param_groups(params: list[nn.Parameter], names: dict[int, str], weight_decay: float) -> list[dict[str, Any]]:
-    # Decay matrices and conv kernels only: decaying biases, norm gains and embeddings hurts (GPT-2 practice).
-    decay, no_decay = [], []
-    for p in params:
-        name = names.get(id(p), "")
-        (decay if p.ndim >= 2 and "embed" not in name and "codebook" not in name else no_decay).append(p)
+# Modules whose ``weight`` is a linear map (decayed) and modules whose parameters are tables or gains (not).
+_DECAYED_MODULES = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
+_NO_DECAY_MODULES = (nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+                     nn.modules.batchnorm._NormBase) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+
+def _param_groups(model: nn.Module, params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on the weights of linear and conv layers only (GPT-2 / minGPT practice: decaying
+    biases, norm gains and embedding tables hurts).
+
+    Decided by the module that owns a parameter, not by its name: a name rule ("embed" in the name) decayed
+    HARP's ``tok_emb`` and its position tables. Parameters held directly by other modules (position tables such
+    as HARP's ``time_emb`` / ``row_emb`` / ``col_emb``, start tokens, a trained VQ codebook) are tables, not
+    linear maps, and get no decay; a parameter shared with an embedding or norm gets none either.
+    """
+    decayed: set[int] = set()
+    exempt: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if isinstance(module, _NO_DECAY_MODULES):
+                exempt.add(id(p))
+            elif isinstance(module, _DECAYED_MODULES) and name == "weight":
+                decayed.add(id(p))
+    decay = [p for p in params if id(p) in decayed and id(p) not in exempt]
+    no_decay = [p for p in params if id(p) not in decayed or id(p) in exempt]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
@@ -229,6 +290,7 @@ class Trainer:
         run_config: Any = None,
     ):
         self.config = config or TrainConfig()
+        self.config.validate()  # also catches fields changed after construction
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.collate_fn = collate_fn
@@ -269,9 +331,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"stage {self.stage!r} of {type(model).__name__} has no trainable parameters")
-        names = {id(p): n for n, p in self.model.named_parameters()}
         self.optimizer = torch.optim.AdamW(
-            _param_groups(params, names, self.config.weight_decay), lr=self.config.lr, betas=self.config.betas,
+            _param_groups(self.model, params, self.config.weight_decay), lr=self.config.lr, betas=self.config.betas,
             fused=self.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: _lr_factor(s, warmup=self.config.warmup_steps, total=self.config.steps,
@@ -370,9 +431,7 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.step} (metrics: {metrics})")
             (loss / cfg.grad_accum).backward()
-            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accum
+            _accumulate(totals, loss, metrics, 1 / cfg.grad_accum)
         if cfg.grad_clip > 0:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
@@ -426,9 +485,7 @@ class Trainer:
                     batch = _move(next(data), self.device)
                     with self._autocast():
                         loss, metrics = self.model(batch)
-                    totals["loss"] = totals.get("loss", 0.0) + float(loss) / n
-                    for k, v in metrics.items():
-                        totals[k] = totals.get(k, 0.0) + float(v) / n
+                    _accumulate(totals, loss, metrics, 1 / n)
                 out.update(totals)
             if self.eval_fn is not None and self.is_main:
                 out.update(self.eval_fn(self.model, self.step))
@@ -545,9 +602,25 @@ class Trainer:
         if not state_path.is_file():
             raise ckpt.CheckpointError(f"cannot resume: missing training state {state_path}")
         try:
-            state = torch.load(state_path, map_location="cpu", weights_only=False)
+            # weights_only: a training state is tensors, numbers, strings and containers (see _rng_state);
+            # anything else in the file (a pickled callable) is refused rather than run.
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            # torch's message opens with a paragraph about its defaults; the line that names the refused
+            # object ("Trying to load unsupported GLOBAL os.system ...") is the one a user needs.
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+            detail = next((line for line in lines if "GLOBAL" in line), lines[0])
+            raise ckpt.CheckpointError(
+                f"cannot resume: corrupt training state {state_path}: it is truncated or holds objects other than "
+                f"tensors, numbers, strings and containers, which are refused because unpickling them can run "
+                f"code ({detail})") from e
         except Exception as e:  # torch raises several types for truncated files
             raise ckpt.CheckpointError(f"cannot resume: corrupt training state {state_path} ({e})") from e
+        rng = state.get("rng") if isinstance(state, dict) else None
+        if not isinstance(rng, dict) or not isinstance(rng.get("numpy"), dict):
+            raise ckpt.CheckpointError(
+                f"cannot resume: training state {state_path} is not in this version's format (expected a dict "
+                "with tensor-only RNG states)")
         if state.get("stage") != self.stage:
             raise ckpt.CheckpointError(
                 f"cannot resume: {step_dir} was saved in stage {state.get('stage')!r}, this run trains {self.stage!r}; "

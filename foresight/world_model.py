@@ -36,6 +36,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import operator
 from pathlib import Path
 from typing import Any, ClassVar, Iterable
 
@@ -43,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from foresight import checkpoint as ckpt
-from foresight.config import from_dict, to_dict
+from foresight.config import ConfigError, from_dict, to_dict
 from foresight.registry import get_model_class
 
 __all__ = ["WorldModel", "load", "check_frames", "check_actions"]
@@ -108,6 +109,20 @@ def check_actions(actions: Any, *, name: str, action_dim: int, batch: int | None
     if not torch.isfinite(actions).all():
         raise ValueError(f"{name}: actions contain NaN or inf")
     return actions
+
+
+def _count(value: Any, name: str) -> int:
+    """A positive integer argument: ints and integer-like numbers (``np.int64``, 0-dim integer tensors) are
+    accepted; bools, floats and strings are refused (``2.0`` samples is almost always a bug upstream)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected a positive int, got {value!r} ({type(value).__name__})")
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name}: expected a positive int, got {value!r} ({type(value).__name__})") from None
+    if count < 1:
+        raise ValueError(f"{name}: expected a positive int, got {count}")
+    return count
 
 
 class WorldModel(nn.Module, abc.ABC):
@@ -190,6 +205,7 @@ class WorldModel(nn.Module, abc.ABC):
             ``[B, S, T, 3, H, W]`` float in [0, 1].
         """
         context_frames, actions, horizon = self._check_predict_inputs(context_frames, actions, num_samples, horizon)
+        num_samples = _count(num_samples, "num_samples")  # a plain int for _predict (np.int64 accepted above)
         generator = self._generator(generator, seed)
         was_training = self.training
         self.eval()
@@ -212,18 +228,23 @@ class WorldModel(nn.Module, abc.ABC):
         context_frames = check_frames(context_frames, name="context_frames", image_size=self.image_size,
                                       min_frames=self.context_frames)
         batch = context_frames.shape[0]
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
+        if batch == 0:
+            raise ValueError(f"context_frames: expected a batch of at least 1 clip, got shape {list(context_frames.shape)}")
+        _count(num_samples, "num_samples")
         if actions is None:
             if self.action_dim > 0:
                 raise ValueError(f"actions: this model is action-conditioned and expects [B, T, {self.action_dim}], got None")
-            if horizon is None or horizon < 1:
+            if horizon is None:
                 raise ValueError("horizon: an action-free model needs horizon=T (a positive int) when actions is None")
+            horizon = _count(horizon, "horizon")
         else:
             if self.action_dim == 0:
                 raise ValueError(f"actions: this model is action-free; pass actions=None and horizon=T, got {_describe(actions)}")
             actions = check_actions(actions, name="actions", action_dim=self.action_dim, batch=batch)
-            if horizon is not None and horizon != actions.shape[1]:
+            if actions.shape[1] == 0:
+                raise ValueError(f"actions: expected at least 1 future step [B, T >= 1, {self.action_dim}], "
+                                 f"got {list(actions.shape)} (nothing to predict)")
+            if horizon is not None and _count(horizon, "horizon") != actions.shape[1]:
                 raise ValueError(f"horizon={horizon} disagrees with actions of {actions.shape[1]} steps")
             horizon = actions.shape[1]
             actions = actions.to(self.device, torch.float32)
@@ -337,11 +358,19 @@ class WorldModel(nn.Module, abc.ABC):
         if not isinstance(meta, dict) or "type" not in meta or "config" not in meta:
             raise ckpt.CheckpointError(
                 f"corrupt model config {directory / ckpt.CONFIG_NAME}: expected keys 'type' and 'config'")
-        model_cls = get_model_class(meta["type"])
+        config_path = directory / ckpt.CONFIG_NAME
+        try:
+            model_cls = get_model_class(meta["type"])
+        except KeyError as e:
+            raise ckpt.CheckpointError(f"model config {config_path}: {e.args[0]}") from None
         if cls is not WorldModel and not issubclass(model_cls, cls):
             raise ckpt.CheckpointError(
                 f"{directory} holds a {meta['type']!r} model ({model_cls.__name__}), not a {cls.__name__}")
-        config = from_dict(model_cls.config_class, meta["config"])
+        try:
+            config = from_dict(model_cls.config_class, meta["config"])
+        except ConfigError as e:  # a wrong-typed value or an unknown key: say which file holds it
+            raise ckpt.CheckpointError(
+                f"model config {config_path} does not fit {model_cls.config_class.__name__}: {e}") from None
         model = model_cls(config)
         ckpt.load_weights(model, directory / ckpt.WEIGHTS_NAME, device=map_location)
         model.to(map_location)

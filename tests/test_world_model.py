@@ -108,7 +108,7 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 
 def test_unknown_type_lists_known_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"type": "nope", "config": {}}))
-    with pytest.raises(KeyError, match="known types"):
+    with pytest.raises(CheckpointError, match=r"config\.json: unknown world-model type 'nope'; known types"):
         foresight.load(tmp_path)
 
 

@@ -207,8 +207,19 @@ class RoboNetIndex:
         names = [Path(n).name for n in names]
         missing = [n for n in names if n not in self.rows]
         if missing:
-            msg = (f"{len(missing)} of {len(names)} requested files are not in the index of {self.folder}: "
-                   f"{missing[:10]}{' ...' if len(missing) > 10 else ''}")
+            # A listed file that exists but could not be read is a different problem (a damaged download) from
+            # one that is absent (a wrong folder or list): say which, and why the file was skipped.
+            unreadable = [n for n in missing if n in self.skipped]
+            absent = [n for n in missing if n not in self.skipped]
+            parts = []
+            if unreadable:
+                reasons = "; ".join(f"{n}: {self.skipped[n]}" for n in unreadable[:10])
+                parts.append(f"{len(unreadable)} are in {self.folder} but unreadable, so the index skipped them "
+                             f"({reasons}{' ...' if len(unreadable) > 10 else ''})")
+            if absent:
+                parts.append(f"{len(absent)} are not in the index of {self.folder}: "
+                             f"{absent[:10]}{' ...' if len(absent) > 10 else ''}")
+            msg = f"{len(missing)} of {len(names)} requested files cannot be used: " + "; ".join(parts)
             if strict:
                 raise FileNotFoundError(msg)
             warnings.warn(msg, stacklevel=2)
