@@ -31,6 +31,7 @@ if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without i
     sys.path.insert(0, str(_ROOT))
 
 import foresight  # noqa: E402
+from foresight import checkpoint as ckpt  # noqa: E402
 from foresight.config import dump_yaml, load_yaml, merge, parse_overrides, preset, to_dict  # noqa: E402
 from foresight.registry import get_model_class  # noqa: E402
 from foresight.train import TrainConfig, Trainer, seed_everything  # noqa: E402
@@ -126,10 +127,10 @@ def build_model(run: RunConfig, model_config: Any) -> foresight.WorldModel:
 
 def previous_stage_result(run_dir: Path, stage: str) -> Path | None:
     """``<run_dir>/<stage>/checkpoints/last`` when that stage finished (its last step is its configured steps)."""
-    last = run_dir / stage / "checkpoints" / "last"
+    last = run_dir / stage / "checkpoints" / ckpt.LAST_LINK
     if not (last / "config.json").is_file():
         return None
-    state = last / "training_state" / "trainer.json"
+    state = last / ckpt.TRAINING_STATE_DIR / "trainer.json"
     if state.is_file():
         info = json.loads(state.read_text())
         steps = info.get("train_config", {}).get("steps")
