@@ -610,6 +610,9 @@ class Trainer:
             # object ("Trying to load unsupported GLOBAL os.system ...") is the one a user needs.
             lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
             detail = next((line for line in lines if "GLOBAL" in line), lines[0])
+            if "numpy" in detail:
+                detail += ("; training states written before RNG states were stored as tensors hold a pickled "
+                           "numpy array: start a new run from this checkpoint's model instead of resuming")
             raise ckpt.CheckpointError(
                 f"cannot resume: corrupt training state {state_path}: it is truncated or holds objects other than "
                 f"tensors, numbers, strings and containers, which are refused because unpickling them can run "

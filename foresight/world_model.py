@@ -229,7 +229,8 @@ class WorldModel(nn.Module, abc.ABC):
                                       min_frames=self.context_frames)
         batch = context_frames.shape[0]
         if batch == 0:
-            raise ValueError(f"context_frames: expected a batch of at least 1 clip, got shape {list(context_frames.shape)}")
+            raise ValueError(
+                f"context_frames: expected a batch of at least 1 clip, got shape {list(context_frames.shape)}")
         _count(num_samples, "num_samples")
         if actions is None:
             if self.action_dim > 0:
@@ -328,8 +329,13 @@ class WorldModel(nn.Module, abc.ABC):
     def predict_embeddings(self, context_frames: Tensor, actions: Tensor | None = None, num_samples: int = 1, *,
                            horizon: int | None = None, generator: torch.Generator | None = None,
                            seed: int | None = None) -> Tensor:
-        """Like ``predict`` but returns model-space embeddings ``[B, S, T, D]``; models that can skip decoding
-        override this."""
+        """Like ``predict`` but returns model-space embeddings ``[B, S, T, D]``, in the space of ``embed`` so that
+        ``embed(goal_image) [B, D]`` can be compared with step t of each sample (a planning cost).
+
+        Default: ``embed(predict(...))``. Models that can skip decoding override this with a latent rollout,
+        which need not equal the default exactly; each such model states (and tests) what it equals. GHVAE rolls
+        out at its deepest level: its embeddings are the deepest states its pixel rollout decodes when that
+        rollout carries the deepest level instead of re-encoding each frame (same seed, same noise)."""
         frames = self.predict(context_frames, actions, num_samples, horizon=horizon, generator=generator, seed=seed)
         return self.embed(frames)
 
