@@ -39,9 +39,14 @@ from typing import Any
 import numpy as np
 import torch
 
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
+    sys.path.insert(0, str(_ROOT))
+
 from agents.mpc import GripperHeuristic, RandomActionAgent, VisualMPC, resize_frames, run_episode
 from agents.optimizers import make_optimizer
 from foresight.checkpoint import atomic_write_bytes, atomic_write_json
+from experiments.common import UsageError, cli_main
 from foresight.config import build_config, dump_yaml, to_dict
 
 TASKS5 = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3", "door-open-v3", "push-v3")
@@ -503,7 +508,7 @@ def _resumable_rows(run_dir: Path, cfg: PlanToGoalConfig) -> list[dict[str, Any]
     same = {k: v for k, v in old.get("config", {}).items() if k not in ("workers", "threads", "name")}
     now = {k: v for k, v in json.loads(json.dumps(to_dict(cfg))).items() if k not in ("workers", "threads", "name")}
     if same != now:
-        raise ValueError(f"{run_dir} holds a run with another config; pass a new name=... or remove it")
+        raise UsageError(f"{run_dir} holds a run with another config; pass a new name=... or remove it")
     return list(old.get("per_episode", []))
 
 
@@ -626,7 +631,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(max(cfg.threads, 1))
     device = _device(cfg)
     if cfg.robonet_dir and cfg.agent == "mpc" and cfg.model == "simulator":
-        raise ValueError("model=simulator cannot plan on RoboNet (a real robot's recording cannot be re-simulated); "
+        raise UsageError("model=simulator cannot plan on RoboNet (a real robot's recording cannot be re-simulated); "
                          "use model=copy_last or a world-model checkpoint")
     what = "random" if cfg.agent == "random" else cfg.planner
     model_tag = Path(cfg.model).name if cfg.model not in ("simulator", "copy_last") else cfg.model
@@ -642,4 +647,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main, PlanToGoalConfig, __doc__)
