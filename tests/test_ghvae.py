@@ -353,6 +353,15 @@ def test_latent_rollout_is_the_deepest_level_of_the_pixel_rollout(clips, stage):
     for h in hooks:
         h.remove()
     assert calls == ["enc"] * d  # the context encoding only
+    # One context expanded over many candidates (how planners call it) is encoded once, with the same result.
+    one = context[:1].expand(5, -1, -1, -1, -1)
+    calls.clear()
+    hook = model.stack[0].encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    shared = model.predict_embeddings(one, actions[:1].expand(5, -1, -1), num_samples=2, seed=1)
+    hook.remove()
+    assert calls == [2]  # 1 context x 2 frames
+    plain = model.predict_embeddings(one.contiguous(), actions[:1].expand(5, -1, -1), num_samples=2, seed=1)
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])

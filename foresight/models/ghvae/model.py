@@ -331,7 +331,11 @@ class GHVAE(WorldModel):
         context = context_frames.repeat_interleave(s, dim=0)  # [B*S, C, 3, H, W]; sample index is the inner one
         if actions is not None:
             actions = actions.repeat_interleave(s, dim=0)  # [B*S, T, A]
-        hs = [h.view(b * s, c, *h.shape[1:]) for h in self.encode(context.flatten(0, 1), d)]
+        # A planner passes one context expanded over its candidates (stride 0): encode it once.
+        shared = b > 1 and context_frames.stride(0) == 0
+        source = context_frames[:1] if shared else context_frames  # [B or 1, C, 3, H, W]
+        hs = [h.view(source.shape[0], c, *h.shape[1:]).expand(b, -1, -1, -1, -1).repeat_interleave(s, dim=0)
+              for h in self.encode(source.flatten(0, 1), d)]  # d x [B*S, C, C^j, H^j, W^j]
         state = None
         zero_action = context.new_zeros(b * s, self.action_dim) if actions is not None else None
         for t in range(c - 1):  # warm the prior's state up on the context, as in training
