@@ -291,6 +291,15 @@ class VisualMPC:
             decode = getattr(self.model, "decode_embeddings", None)
             if decode is not None:  # e.g. codebook vectors -> pixels: one decode of the scored sample
                 return decode(best.embeddings[None])[0, 0]
+            frames_of = getattr(self.model, "predict_embedding_frames", None)
+            if frames_of is not None:
+                # A model whose latent rollout draws its noise per sample, not per batch row (GHVAE): the chosen
+                # plan alone, same seed, is the sample that was scored, decoded to pixels.
+                ctx = context[None]
+                plan = best.actions[None]
+                if self.model.action_dim == 0:
+                    return frames_of(ctx, None, self.num_model_samples, horizon=plan.shape[1], seed=seed)[0, 0]
+                return frames_of(ctx, plan, self.num_model_samples, seed=seed)[0, 0]
             # Re-run the predict call that scored it: same seed, same batch, same row -> the same sample.
             return self._predict(self.model, context, best.batch, False, seed)[best.row, 0]
         # A separate record model (e.g. a simulator view rendering every step), or a plan the objective never scored.

@@ -364,6 +364,25 @@ def test_latent_rollout_is_the_deepest_level_of_the_pixel_rollout(clips, stage):
     torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
 
 
+def test_a_row_predicted_alone_gets_the_sample_it_got_in_a_batch(clips):
+    """Noise is per (sample, step), shared by the batch rows: planners rank candidates under common random
+    numbers, and the chosen plan re-run alone is the sample that was scored (pixels of the latent rollout too)."""
+    model = make_model(num_modules=2)
+    train_steps(model, batch_of(clips), steps=3)
+    model.set_stage("module2")
+    context = batch_of(clips, 1)["frames"][:, :2].expand(6, -1, -1, -1, -1)
+    actions = torch.randn(6, 4, 4)
+    batch = model.predict_embeddings(context, actions, num_samples=2, seed=9)
+    alone = model.predict_embeddings(context[4:5], actions[4:5], num_samples=2, seed=9)
+    torch.testing.assert_close(alone[0], batch[4], rtol=0, atol=1e-5)
+    assert not torch.allclose(batch[4, 0], batch[4, 1])  # the S samples still differ
+    frames = model.predict_embedding_frames(context[4:5], actions[4:5], num_samples=2, seed=9)
+    _, carried = model._rollout(context[4:5], actions[4:5], 2, torch.Generator().manual_seed(9), 4,
+                                carry_deepest=True)
+    assert frames.shape == (1, 2, 4, 3, 16, 16)
+    torch.testing.assert_close(carried.flatten(2).view(1, 2, 4, -1), alone, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_frame_cache_reads_either_frame_layout(clips, channels_last):
     """The per-frame cache reads a ClipDataset-like ``frames`` array stored [N, H, W, 3] or [N, 3, H, W]."""

@@ -222,3 +222,27 @@ def test_record_model_still_renders_the_recorded_video():
     ctx = torch.from_numpy(ep["frames"][0]).permute(2, 0, 1).float()[None, None].expand(1, 2, -1, -1, -1) / 255
     expected = recorder.predict(ctx, torch.from_numpy(agent.records[0].actions)[None], seed=0)[0, 0]
     assert np.array_equal(agent.records[0].imagined, (expected.movedim(1, -1) * 255).round().byte().numpy())
+
+
+def test_recorded_video_of_a_latent_rollout_is_the_scored_sample():
+    # GHVAE scores candidates in model space (no pixels); the record is the pixel rollout of the chosen plan's
+    # scored latent sample, not a fresh pixel prediction (which re-encodes frames and draws other noise).
+    from foresight.config import preset
+    from foresight.models.ghvae import GHVAE, GHVAEConfig
+
+    torch.manual_seed(0)
+    model = GHVAE(preset(GHVAEConfig, "tiny")).set_stage("module2").eval()
+    torch.nn.init.normal_(model.stack[0].decoder.out[-1].weight, std=0.2)
+    agent = VisualMPC(model, CEM(num_samples=12, iterations=2, min_elites=3), horizon=3, action_low=-np.ones(4),
+                      action_high=np.ones(4), cost="embedding", cost_weighting="all", seed=2, record=True)
+    rng = np.random.default_rng(0)
+    goal = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    obs = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    agent.reset(goal)
+    agent.act(obs)
+    rec = agent.records[0]
+    ctx = torch.stack([image_to_tensor(obs)] * 2)[None]  # [1, 2, 3, 16, 16]
+    plan = torch.from_numpy(rec.actions)[None]
+    expected = model.predict_embedding_frames(ctx, plan, seed=2)[0, 0]
+    assert np.array_equal(rec.imagined, (expected.movedim(1, -1) * 255).round().byte().numpy())
+    assert float(agent.cost(model.predict_embeddings(ctx, plan, seed=2))) == pytest.approx(rec.cost, rel=1e-4)

@@ -346,7 +346,10 @@ class GHVAE(WorldModel):
         for t in range(horizon):  # prior step + deepest decoder (+ decode + encode) per step, batched over B*S
             a_t = None if actions is None else actions[:, t]
             mean, logstd, state = top.prior_step(cur[-1], a_t, state)
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            # Noise per (sample, step), shared by every batch row: candidates of a planner are ranked under common
+            # random numbers, and a row predicted alone gets the very sample it got inside a batch.
+            noise = torch.randn((s, *mean.shape[1:]), generator=generator, device=mean.device,
+                                dtype=mean.dtype).repeat(b, 1, 1, 1)  # [B*S, Z^d, H^d, W^d]
             y = top.decoder.step(cur[-1], mean + logstd.exp() * noise, a_t)  # [B*S, C^d, H^d, W^d]
             nxt = top.predict_feature(cur[-1], y)                           # predicted h_{t+1}^d
             feats.append(nxt)
@@ -405,6 +408,26 @@ class GHVAE(WorldModel):
         finally:
             self.train(was_training)
         return feats.flatten(2).view(context_frames.shape[0], num_samples, horizon, -1)
+
+    @torch.no_grad()
+    def predict_embedding_frames(self, context_frames: Tensor, actions: Tensor | None = None, num_samples: int = 1,
+                                 *, horizon: int | None = None, generator: torch.Generator | None = None,
+                                 seed: int | None = None) -> Tensor:
+        """The pixels of the rollout that `predict_embeddings` scores: ``[B, S, T, 3, H, W]``.
+
+        The same seed gives the same z as `predict_embeddings` (noise is per sample and step, not per batch row),
+        and the frames are decoded from exactly its deepest states (``carry_deepest``): what a planner that scored
+        a candidate in model space should show as that candidate's imagined video.
+        """
+        context_frames, actions, horizon = self._check_predict_inputs(context_frames, actions, num_samples, horizon)
+        generator = self._generator(generator, seed)
+        was_training = self.training
+        self.eval()
+        try:
+            frames, _ = self._rollout(context_frames, actions, num_samples, generator, horizon, carry_deepest=True)
+        finally:
+            self.train(was_training)
+        return frames.view(-1, num_samples, horizon, 3, self.image_size, self.image_size)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_modules={self.num_modules}, depth={self.depth}"
