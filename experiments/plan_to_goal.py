@@ -566,6 +566,7 @@ def run_metaworld(cfg: PlanToGoalConfig, device: torch.device, run_dir: Path) ->
 AXES = {"+x": (0, 1.0), "-x": (0, -1.0), "+y": (1, 1.0), "-y": (1, -1.0), "+z": (2, 1.0), "-z": (2, -1.0)}
 
 
+@torch.no_grad()
 def control_check(cfg: PlanToGoalConfig, agent: Any, env: Any, goal: Any) -> dict[str, Any]:
     """From the episode's start state: (1) Spearman rank correlation between the planner's cost of
     ``control_plans`` random plans under the agent's model and the same cost of what the real simulator shows
