@@ -92,7 +92,10 @@ def _model(name: str, image_size: int = 64):
         return foresight.get_model_class("conv")(preset(ConvPredictorConfig, "quick"))
     cls = foresight.get_model_class(name)
     cfg = preset(cls.config_class, "quick")
-    return cls(cfg)
+    model = cls(cfg)
+    # A fresh model is in its first training stage (GHVAE: module1, depth 1); a trained one predicts in its last
+    # (GHVAE: all K modules), and that is the model a planner runs.
+    return model.set_stage(model.stages[-1])
 
 
 def bench_latency(models: list[str], samples: int, iterations: int, horizon: int, measure_samples: int,
