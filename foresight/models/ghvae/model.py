@@ -399,15 +399,9 @@ class GHVAE(WorldModel):
         under the same seed (tested). `predict` instead re-encodes every predicted frame, so from the second
         step its deepest states differ from these by the decode / re-encode round trip.
         """
-        context_frames, actions, horizon = self._check_predict_inputs(context_frames, actions, num_samples, horizon)
-        generator = self._generator(generator, seed)
-        was_training = self.training
-        self.eval()
-        try:
-            _, feats = self._rollout(context_frames, actions, num_samples, generator, horizon, pixels=False)
-        finally:
-            self.train(was_training)
-        return feats.flatten(2).view(context_frames.shape[0], num_samples, horizon, -1)
+        b, horizon, (_, feats) = self._checked_rollout(context_frames, actions, num_samples, horizon, generator,
+                                                       seed, pixels=False)
+        return feats.flatten(2).view(b, num_samples, horizon, -1)
 
     @torch.no_grad()
     def predict_embedding_frames(self, context_frames: Tensor, actions: Tensor | None = None, num_samples: int = 1,
@@ -419,15 +413,22 @@ class GHVAE(WorldModel):
         and the frames are decoded from exactly its deepest states (``carry_deepest``): what a planner that scored
         a candidate in model space should show as that candidate's imagined video.
         """
+        _, horizon, (frames, _) = self._checked_rollout(context_frames, actions, num_samples, horizon, generator,
+                                                        seed, carry_deepest=True)
+        return frames.view(-1, num_samples, horizon, 3, self.image_size, self.image_size)
+
+    def _checked_rollout(self, context_frames, actions, num_samples, horizon, generator, seed, **kwargs):
+        """`_rollout` behind the public entry points: inputs checked as for `predict`, in eval mode.
+        Returns (B, T, (frames, features))."""
         context_frames, actions, horizon = self._check_predict_inputs(context_frames, actions, num_samples, horizon)
         generator = self._generator(generator, seed)
         was_training = self.training
         self.eval()
         try:
-            frames, _ = self._rollout(context_frames, actions, num_samples, generator, horizon, carry_deepest=True)
+            out = self._rollout(context_frames, actions, num_samples, generator, horizon, **kwargs)
         finally:
             self.train(was_training)
-        return frames.view(-1, num_samples, horizon, 3, self.image_size, self.image_size)
+        return context_frames.shape[0], horizon, out
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_modules={self.num_modules}, depth={self.depth}"
