@@ -482,6 +482,20 @@ def run_metaworld_episode(cfg: PlanToGoalConfig, task: str, variation: int, run_
     return row
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this process when the parent run goes (killed or stopped), instead of playing on
+    episodes nobody will record."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _worker_episode(cfg: PlanToGoalConfig, task: str, variation: int, run_dir: Path) -> dict[str, Any]:
     """`run_metaworld_episode` in a worker process (the model is loaded once per process)."""
     torch.set_num_threads(max(cfg.threads, 1))
@@ -538,7 +552,8 @@ def run_metaworld(cfg: PlanToGoalConfig, device: torch.device, run_dir: Path) ->
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_worker_episode, cfg, t, v, run_dir) for t, v in episodes]
             for fut in as_completed(futures):
                 rows.append(fut.result())
