@@ -9,7 +9,6 @@ mean seconds per plan. With ``--control``, a second table: the control check's r
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -18,18 +17,13 @@ if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without i
     sys.path.insert(0, str(_ROOT))
 
 from experiments.common import UsageError, argparser, cli_main
+from foresight.checkpoint import read_json
 
 
 def _load(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{p}: no such eval_info.json (run experiments/plan_to_goal.py first)")
-    try:
-        info = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{p}: not valid JSON ({e})") from e
-    if "aggregated" not in info or "per_task" not in info["aggregated"]:
-        raise UsageError(f"{p}: expected a Meta-World eval_info.json with aggregated.per_task")
+    info = read_json(path, what="eval_info.json (run experiments/plan_to_goal.py first)")
+    if not isinstance(info, dict) or "per_task" not in info.get("aggregated", {}):
+        raise UsageError(f"{path}: expected a Meta-World eval_info.json with aggregated.per_task")
     return info
 
 
