@@ -41,6 +41,7 @@ class GHVAEConfig:
     checkpoint_frozen: bool = False  # recompute frozen decoders in backward instead of storing their activations
     action_in_decoder: bool = True  # a_t modulates every decoder's bottleneck (FiLM); False = prior-only (action-blind)
     latent_weight: float = 0.1       # weight of the next-feature head's loss (relative MSE; trains only that head)
+    rollout_weight: float = 1.0      # weight of the open-loop latent rollout loss (relative MSE over the future)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"image_size": 16, "num_modules": 2, "base_channels": 8, "max_channels": 16,
                  "max_lstm_channels": 16, "min_size": 4, "context_frames": 2, "future_frames": 3},
@@ -60,6 +61,8 @@ class GHVAEConfig:
             raise ValueError(f"cache_dtype must be float16, bfloat16 or float32, got {self.cache_dtype!r}")
         if self.latent_weight < 0:
             raise ValueError(f"latent_weight must be >= 0, got {self.latent_weight}")
+        if self.rollout_weight < 0:
+            raise ValueError(f"rollout_weight must be >= 0, got {self.rollout_weight}")
         if self.posterior_std <= 0:
             raise ValueError(f"posterior_std must be > 0, got {self.posterior_std}")
 
