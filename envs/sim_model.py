@@ -129,22 +129,25 @@ class SimulatorWorldModel(WorldModel):
         acts = actions.detach().cpu().numpy().astype(np.float32)  # [B, T, A]
         size = self.config.image_size
         out = np.empty((b, horizon, size, size, 3), np.uint8)
+        finals = []
         if horizon > self.env.max_steps:
             raise ValueError(f"horizon {horizon} exceeds the episode limit {self.env.max_steps}")
         for i in range(b):
             self._restore(state, horizon)
             frames = {}
             for t in range(horizon):
-                self.env.physics_step(acts[i, t])  # clears the env's cached image, so render() is fresh
+                state_obs = self.env.physics_step(acts[i, t])[0]  # clears the env's cached image: render() is fresh
                 self.num_physics_steps += 1
                 if t in render:
                     frames[t] = self.env.render()  # [H, W, 3] uint8; renders the current data
                     self.num_rendered += 1
+            finals.append(state_obs)
             # steps that were not rendered copy the next rendered frame
             nxt = None
             for t in reversed(range(horizon)):
                 nxt = frames.get(t, nxt)
                 out[i, t] = nxt
+        self.last_final_states = np.stack(finals) if finals else np.zeros((0, 0))  # [B, 39] after the last step
         video = torch.from_numpy(out).permute(0, 1, 4, 2, 3).float().div_(255.0)  # [B, T, 3, H, W]
         return video[:, None].expand(-1, num_samples, -1, -1, -1, -1).clone().to(context_frames.device)
 

@@ -605,24 +605,34 @@ def control_check(cfg: PlanToGoalConfig, agent: Any, env: Any, goal: Any) -> dic
     plans = (torch.rand(cfg.control_plans, distinct, a, generator=g) * 2 - 1).repeat_interleave(cfg.action_repeat, 1)[:, :h]
     model_cost = agent.objective(context, None, cfg.seed)(plans).numpy()  # [N]
 
-    true = []
+    true, final_states = [], []
     sim_ctx = torch.zeros(1, 1, 3, cfg.image_size, cfg.image_size)
     for i in range(0, len(plans), 50):
         chunk = plans[i:i + 50]
         frames = sim.predict(sim_ctx.expand(len(chunk), -1, -1, -1, -1), chunk)  # [n, 1, H, 3, S, S]
+        final_states.extend(sim.last_final_states)
         frames = resize_frames(frames.flatten(0, 2), model.image_size).view(*frames.shape[:3], 3, model.image_size,
                                                                             model.image_size)
         out = model.embed(frames.to(model.device)) if agent.cost.space == "embeddings" else frames.to(model.device)
         true.append(agent.cost(out).float().cpu())
     true_cost = torch.cat(true).numpy()
     rho = spearmanr(model_cost, true_cost).statistic if np.std(model_cost) > 0 else float("nan")
+    # Does the cost point at the goal at all? Rank correlation of each cost with the plan's true final distance
+    # (hand + object) to the goal state: for the true frames it says whether the cost is right with a perfect
+    # model, for the model's it is what the planner really optimises.
+    state_dist = np.array([_state_distance(s, goal.state) for s in final_states])
+    rho_cost_state = spearmanr(true_cost, state_dist).statistic if np.std(true_cost) > 0 else float("nan")
+    rho_model_state = spearmanr(model_cost, state_dist).statistic if np.std(model_cost) > 0 else float("nan")
 
     start = context[-1].cpu()  # [3, h, w]
+    # The motion of the rollout the planner scores: the latent rollout's own pixels for a model-space cost.
+    latent = agent.cost.space == "embeddings" and hasattr(model, "predict_embedding_frames")
+    rollout_frames = model.predict_embedding_frames if latent else model.predict
     pred_final, true_final = [], []
     for axis, sign in AXES.values():
         act = torch.zeros(1, h, a)
         act[:, :, axis] = sign
-        p = model.predict(context[None], act, seed=cfg.seed)[0, 0, -1].cpu()  # [3, h, w]
+        p = rollout_frames(context[None], act, seed=cfg.seed)[0, 0, -1].cpu()  # [3, h, w]
         t = sim.predict(sim_ctx, act)[0, 0, -1]
         pred_final.append(p), true_final.append(resize_frames(t[None], model.image_size)[0])
     pred_final, true_final = torch.stack(pred_final), torch.stack(true_final)  # [6, 3, h, w]
@@ -635,6 +645,8 @@ def control_check(cfg: PlanToGoalConfig, agent: Any, env: Any, goal: Any) -> dic
     return {
         "plans": int(cfg.control_plans), "cost": cfg.cost,
         "spearman": None if rho != rho else float(rho),
+        "spearman_true_cost_vs_state_distance": None if rho_cost_state != rho_cost_state else float(rho_cost_state),
+        "spearman_model_cost_vs_state_distance": None if rho_model_state != rho_model_state else float(rho_model_state),
         "motion": {name: {"predicted": float(pm), "true": float(tm), "ratio": float(r)}
                    for name, pm, tm, r in zip(AXES, pred_motion, true_motion, ratio)},
         "motion_within_30pct": int(sum(abs(r - 1) <= 0.3 for r in ratio)),

@@ -50,13 +50,21 @@ def success_table(infos: list[dict], names: list[str]) -> str:
 
 
 def control_table(infos: list[dict], names: list[str]) -> str:
-    lines = ["| agent | task | cost | Spearman (model vs true cost) | direction accuracy | "
-             "predicted / true motion (+x -x +y -y +z -z) |", "|---|---|---|---|---|---|"]
+    lines = ["| agent | task | cost | Spearman (model vs true cost) | Spearman (true cost vs state distance) | "
+             "Spearman (model cost vs state distance) | direction accuracy | "
+             "predicted / true motion (+x -x +y -y +z -z) |", "|---|---|---|---|---|---|---|---|"]
+
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.2f}"
+
     for info, name in zip(infos, names):
         for task, c in info.get("control_check", {}).items():
             rho = "n/a (constant cost)" if c["spearman"] is None else f"{c['spearman']:.2f}"
             motion = " ".join(f"{m['ratio']:.2f}" for m in c["motion"].values())
-            lines.append(f"| {name} | {task} | {c['cost']} | {rho} | {c['direction_accuracy']:.2f} | {motion} |")
+            lines.append(f"| {name} | {task} | {c['cost']} | {rho} | "
+                         f"{fmt(c.get('spearman_true_cost_vs_state_distance'))} | "
+                         f"{fmt(c.get('spearman_model_cost_vs_state_distance'))} | "
+                         f"{c['direction_accuracy']:.2f} | {motion} |")
     return "\n".join(lines)
 
 

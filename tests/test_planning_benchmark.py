@@ -68,6 +68,9 @@ def test_benchmark_end_to_end_and_resume(tiny_ghvae_dir, tmp_path):
     check = saved["control_check"]["reach-v3"]
     assert check["plans"] == 6 and set(check["motion"]) == {"+x", "-x", "+y", "-y", "+z", "-z"}
     assert check["spearman"] is None or -1 <= check["spearman"] <= 1
+    for key in ("spearman_true_cost_vs_state_distance", "spearman_model_cost_vs_state_distance"):
+        assert check[key] is None or -1 <= check[key] <= 1, (key, check[key])
+    assert check["spearman_true_cost_vs_state_distance"] is not None  # real frames differ, so the cost does
     assert all(m["true"] > 0 for m in check["motion"].values())  # the real hand moves under a pure action
     agg = saved["aggregated"]
     assert agg["per_task"]["reach-v3"]["episodes"] == 1 and len(agg["overall"]["success_ci95"]) == 2

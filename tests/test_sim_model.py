@@ -40,6 +40,9 @@ def test_prediction_equals_real_rollout(env):
         o, *_ = env.step(actions[1, t].numpy())
         real.append(torch.from_numpy(o["image"]).permute(2, 0, 1).float() / 255)
     assert torch.equal(video[1, 0], torch.stack(real))
+    # and ends in the state the simulator model recorded for that candidate
+    assert sim.last_final_states.shape == (3, o["state"].shape[0])
+    np.testing.assert_array_equal(sim.last_final_states[1], o["state"])
     assert not torch.equal(video[0, 0, -1], video[1, 0, -1])  # different actions, different futures
     # final-only rendering: the last frame is the same, and only N frames were rendered
     final = sim.view(render_steps="final")
