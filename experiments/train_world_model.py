@@ -96,9 +96,32 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def build_model(run: RunConfig, model_config: Any) -> foresight.WorldModel:
-    """The model the first trained stage starts from: ``--init``, else the previous stage's final model in the
-    run directory (when ``--stage`` names a later stage), else a fresh model seeded with ``train.seed``."""
+def model_overrides(argv: list[str]) -> dict[str, Any]:
+    """The ``model.x=..`` values given on the command line (applied on top of an ``--init`` model's config)."""
+    return {k[len("model."):]: v for k, v in parse_overrides(argv).items() if k.startswith("model.")}
+
+
+def with_config_changes(model: foresight.WorldModel, changes: dict[str, Any], source: str) -> foresight.WorldModel:
+    """``model`` rebuilt with ``changes`` to its config and its weights kept (e.g. a loss weight for a
+    fine-tune). Weights a new field adds start as the model class initialises them; a change that alters the
+    shape of an existing weight is refused."""
+    if not changes:
+        return model
+    config = merge(model.config, changes)
+    new = type(model)(config).to(model.device)
+    try:
+        new.load_state_dict(model.state_dict(), strict=False)
+    except RuntimeError as err:
+        raise UsageError(f"--init {source}: {', '.join('model.' + k for k in changes)} change the shape of its "
+                         f"weights; only settings that keep them can be changed on a saved model ({err})") from None
+    new.stats = dict(getattr(model, "stats", {}))
+    return new.set_stage(model.stage)
+
+
+def build_model(run: RunConfig, model_config: Any, overrides: dict[str, Any] | None = None) -> foresight.WorldModel:
+    """The model the first trained stage starts from: ``--init`` (with ``overrides``, the command line's
+    ``model.x=..``, applied to its config), else the previous stage's final model in the run directory (when
+    ``--stage`` names a later stage), else a fresh model seeded with ``train.seed``."""
     model_cls = model_class(run.model)
     # Seed before building: the initial weights are part of what `train.seed` must fix (the Trainer seeds again
     # later, for the data order, which is too late for them).
@@ -107,7 +130,7 @@ def build_model(run: RunConfig, model_config: Any) -> foresight.WorldModel:
         model = foresight.load(run.init)
         if type(model) is not model_cls:
             raise UsageError(f"--init {run.init} holds a {model.type!r} model, not {run.model!r}")
-        return model
+        return with_config_changes(model, overrides or {}, run.init)
     model = model_cls(model_config)
     if run.stage is None or run.stage not in model.stages or run.stage == model.stages[0]:
         return model
@@ -141,10 +164,11 @@ def previous_stage_result(run_dir: Path, stage: str) -> Path | None:
     return last
 
 
-def train(run: RunConfig, model_config: Any) -> Path:
+def train(run: RunConfig, model_config: Any, overrides: dict[str, Any] | None = None) -> Path:
     """Train the stages of ``run`` and export the final model; returns the export directory."""
     run_dir = Path(run.run_dir)
-    model = build_model(run, model_config)
+    model = build_model(run, model_config, overrides)
+    model_config = model.config
     stages = [run.stage] if run.stage else list(model.stages)
     for s in stages:
         if s not in model.stages:
@@ -174,8 +198,9 @@ def train(run: RunConfig, model_config: Any) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    run, model_config = parse_args(sys.argv[1:] if argv is None else argv)
-    return train(run, model_config)
+    argv = sys.argv[1:] if argv is None else argv
+    run, model_config = parse_args(argv)
+    return train(run, model_config, model_overrides(argv))
 
 
 def help_text(argv: list[str]) -> str:

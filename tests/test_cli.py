@@ -218,3 +218,26 @@ def test_stage_that_trains_every_weight_may_start_from_scratch(tmp_path):
     run, model_config = twm.parse_args(["--model", "ghvae", "--preset", "tiny", f"run_dir={tmp_path}",
                                         "--stage", "finetune"])
     assert twm.build_model(run, model_config).type == "ghvae"
+
+
+def test_init_with_model_overrides_keeps_the_weights_and_changes_the_setting(tmp_path):
+    """``--init DIR model.x=..``: a loss weight or the embedding changes on a saved model, its weights stay; a
+    setting that changes a weight's shape is refused with a clear message."""
+    import dataclasses
+
+    import foresight
+    from foresight.config import preset
+    from foresight.models.ghvae import GHVAE, GHVAEConfig
+
+    saved = GHVAE(dataclasses.replace(preset(GHVAEConfig, "tiny"), embedding="deepest")).save_pretrained(tmp_path / "m")
+    argv = ["--model", "ghvae", "--preset", "tiny", "--init", str(saved), "--stage", "finetune",
+            "model.embedding=readout", "model.rollout_weight=0.5", f"run_dir={tmp_path / 'run'}"]
+    run, model_config = twm.parse_args(argv)
+    model = twm.build_model(run, model_config, twm.model_overrides(argv))
+    assert model.config.embedding == "readout" and model.config.rollout_weight == 0.5
+    original = foresight.load(saved).state_dict()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in original.items())
+    argv = argv[:-3] + ["model.base_channels=4", f"run_dir={tmp_path / 'run'}"]
+    run, model_config = twm.parse_args(argv)
+    with pytest.raises(UsageError, match="shape"):
+        twm.build_model(run, model_config, twm.model_overrides(argv))

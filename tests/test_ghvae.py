@@ -340,8 +340,9 @@ def test_latent_rollout_is_the_deepest_level_of_the_pixel_rollout(clips, stage):
     with torch.no_grad():
         frames, carried = model._rollout(context, actions, 3, torch.Generator().manual_seed(5), 4, carry_deepest=True)
         _, default = model._rollout(context, actions, 3, torch.Generator().manual_seed(5), 4)
-    torch.testing.assert_close(latent, carried.flatten(2).view(2, 3, 4, -1), rtol=0, atol=1e-5)
-    torch.testing.assert_close(latent[:, :, 0], default[:, 0].flatten(1).view(2, 3, -1), rtol=0, atol=1e-5)
+    embed = model.state_embedding
+    torch.testing.assert_close(latent, embed(carried.flatten(0, 1)).view(2, 3, 4, -1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(latent[:, :, 0], embed(default[:, 0]).view(2, 3, -1), rtol=0, atol=1e-5)
     # The carried pixel rollout's frames are what `predict` shows for step 1 (both decode the same state).
     video = model.predict(context, actions, num_samples=3, seed=5)
     torch.testing.assert_close(video[:, :, 0], frames[:, 0].view(2, 3, 3, 16, 16), rtol=0, atol=1e-5)
@@ -380,7 +381,7 @@ def test_a_row_predicted_alone_gets_the_sample_it_got_in_a_batch(clips):
     _, carried = model._rollout(context[4:5], actions[4:5], 2, torch.Generator().manual_seed(9), 4,
                                 carry_deepest=True)
     assert frames.shape == (1, 2, 4, 3, 16, 16)
-    torch.testing.assert_close(carried.flatten(2).view(1, 2, 4, -1), alone, rtol=0, atol=1e-5)
+    torch.testing.assert_close(model.state_embedding(carried.flatten(0, 1)).view(1, 2, 4, -1), alone, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])

@@ -25,14 +25,14 @@ def clips(n: int, seed: int, config: GHVAEConfig) -> SyntheticClips:
                           image_size=config.image_size, action_dim=config.action_dim, square=4, seed=seed)
 
 
-def train_tiny(tmp_path, rollout_weight: float) -> GHVAE:
+def train_tiny(tmp_path, rollout_weight: float, **extra) -> GHVAE:
     config = dataclasses.replace(preset(GHVAEConfig, "tiny"), num_modules=1, kl_weight=1.0,
-                                 rollout_weight=rollout_weight)
+                                 rollout_weight=rollout_weight, **extra)
     torch.manual_seed(0)
     model = GHVAE(config)
     train = dataclasses.replace(preset(TrainConfig, "tiny"), steps=150, batch_size=16, lr=3e-3, warmup_steps=10,
                                 progress=False, log_every=50)
-    Trainer(model, clips(512, 0, config), config=train, run_dir=tmp_path / f"r{rollout_weight}",
+    Trainer(model, clips(512, 0, config), config=train, run_dir=tmp_path / f"r{rollout_weight}{sorted(extra.items())}",
             stage="module1").fit()
     return model.eval()
 
@@ -56,7 +56,10 @@ def final_step_error(model: GHVAE, data: SyntheticClips) -> tuple[float, float]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("rollout_loss")
-    return {w: train_tiny(root, w) for w in (0.0, 1.0)}
+    # h^d as the embedding, no readout: the rollout term alone makes the difference
+    trained = {w: train_tiny(root, w, embedding="deepest", readout_weight=0.0) for w in (0.0, 1.0)}
+    trained["readout"] = train_tiny(root, 1.0)  # the preset: readout image as the embedding
+    return trained
 
 
 def test_rollout_loss_makes_the_latent_rollout_land_on_the_true_future(trained):
@@ -79,7 +82,22 @@ def test_rollout_term_is_logged_and_trains_the_prior():
     loss.backward()
     prior_grad = sum(float(p.grad.abs().sum()) for p in model.stack[0].prior.parameters() if p.grad is not None)
     assert prior_grad > 0
-    off = GHVAE(dataclasses.replace(config, rollout_weight=0.0))
+    assert {"readout", "readout_rollout", "readout_copy"} <= metrics.keys()
+    off = GHVAE(dataclasses.replace(config, rollout_weight=0.0, readout_weight=0.0))
     assert "rollout" not in off.loss({"frames": frames, "actions": actions})[1]
     with pytest.raises(ValueError, match="rollout_weight"):
         GHVAEConfig(rollout_weight=-1.0)
+    with pytest.raises(ValueError, match="embedding"):
+        GHVAEConfig(embedding="pixels")
+
+
+def test_readout_embedding_of_the_rollout_shows_the_true_future(trained):
+    """With ``embedding="readout"`` the model-space cost compares images: `embed` pools the real frame to
+    3 x R x R and `predict_embeddings` reads the same small image off the rolled-out h^d. On held-out clips the
+    imagined last frame is nearer the real one than the last context frame is ("nothing moves")."""
+    model = trained["readout"]
+    assert model.embedding_dim == 3 * model.config.readout_size**2
+    frames = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(model.embed(frames), torch.nn.functional.avg_pool2d(frames, 2).flatten(1))
+    error, copy = final_step_error(model, clips(64, 123, model.config))
+    assert error < 0.6 * copy, (error, copy)

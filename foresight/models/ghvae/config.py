@@ -42,12 +42,15 @@ class GHVAEConfig:
     action_in_decoder: bool = True  # a_t modulates every decoder's bottleneck (FiLM); False = prior-only (action-blind)
     latent_weight: float = 0.1       # weight of the next-feature head's loss (relative MSE; trains only that head)
     rollout_weight: float = 1.0      # weight of the open-loop latent rollout loss (relative MSE over the future)
+    embedding: str = "deepest"       # what embed / predict_embeddings return: "deepest" (h^d) | "readout" (image)
+    readout_size: int = 16           # R of the readout image 3 x R x R (the embedding when embedding="readout")
+    readout_weight: float = 1.0      # weight of the readout losses (relative MSE, real and rolled-out h^d)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"image_size": 16, "num_modules": 2, "base_channels": 8, "max_channels": 16,
+        "tiny": {"embedding": "readout", "readout_size": 8, "image_size": 16, "num_modules": 2, "base_channels": 8, "max_channels": 16,
                  "max_lstm_channels": 16, "min_size": 4, "context_frames": 2, "future_frames": 3},
-        "quick": {"image_size": 64, "num_modules": 4, "base_channels": 16, "max_channels": 128,
+        "quick": {"embedding": "readout", "image_size": 64, "num_modules": 4, "base_channels": 16, "max_channels": 128,
                   "max_lstm_channels": 64, "min_size": 4},
-        "paper": {"image_size": 64, "num_modules": 6, "base_channels": 64, "max_channels": 512,
+        "paper": {"embedding": "readout", "image_size": 64, "num_modules": 6, "base_channels": 64, "max_channels": 512,
                   "max_lstm_channels": 256, "min_size": 2},
     }
 
@@ -61,6 +64,11 @@ class GHVAEConfig:
             raise ValueError(f"cache_dtype must be float16, bfloat16 or float32, got {self.cache_dtype!r}")
         if self.latent_weight < 0:
             raise ValueError(f"latent_weight must be >= 0, got {self.latent_weight}")
+        if self.embedding not in ("deepest", "readout"):
+            raise ValueError(f"embedding must be 'deepest' or 'readout', got {self.embedding!r}")
+        if self.readout_size < 1 or self.readout_weight < 0:
+            raise ValueError(f"need readout_size >= 1 and readout_weight >= 0, got {self.readout_size}, "
+                             f"{self.readout_weight}")
         if self.rollout_weight < 0:
             raise ValueError(f"rollout_weight must be >= 0, got {self.rollout_weight}")
         if self.posterior_std <= 0:

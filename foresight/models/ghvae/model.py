@@ -83,7 +83,8 @@ class GHVAE(WorldModel):
         # Named `stack` (not `modules`, which nn.Module already defines). stack[k-1] is module k.
         self.stack = nn.ModuleList(
             GHVAEModule(s, action_dim=config.action_dim, res_blocks=config.res_blocks,
-                        action_in_decoder=config.action_in_decoder) for s in self.shapes)
+                        action_in_decoder=config.action_in_decoder, readout_size=config.readout_size)
+            for s in self.shapes)
         self.set_stage(self.stages[0])
 
     # ------------------------------------------------------------------ stages
@@ -265,14 +266,28 @@ class GHVAE(WorldModel):
                    "psnr": float(10 * torch.log10(1 / mse.detach().clamp_min(1e-10))),
                    "latent": float(latent.detach()),  # relative MSE of the predicted next h^d ...
                    "latent_copy": float(F.mse_loss(cur[-1].detach(), h_next) / scale)}  # ... and of h_t^d
-        if self.config.rollout_weight > 0:
-            rollout, final, final_copy = self._open_loop_loss(hs[-1], actions, warm_state)
-            loss = loss + self.config.rollout_weight * rollout
+        rolled = None
+        if self.config.rollout_weight > 0 or self.config.readout_weight > 0:
+            rollout, rolled, final, final_copy = self._open_loop_loss(hs[-1], actions, warm_state)
             metrics.update(rollout=float(rollout.detach()), rollout_final=final, rollout_final_copy=final_copy)
+            if self.config.rollout_weight > 0:
+                loss = loss + self.config.rollout_weight * rollout
+        if self.config.readout_weight > 0:
+            # The readout image of h^d: of every real frame's encoding (a decoder of the real states) and of the
+            # open-loop states (what the model-space cost compares to the goal), both against the pooled frames.
+            small = F.adaptive_avg_pool2d(frames.flatten(0, 1), self.config.readout_size).view(
+                *frames.shape[:2], 3, self.config.readout_size, self.config.readout_size)
+            small_var = small.var().clamp_min(1e-6)
+            real = F.mse_loss(top.read_out(hs[-1].flatten(0, 1)), small.flatten(0, 1)) / small_var
+            imagined = F.mse_loss(top.read_out(rolled.flatten(0, 1)), small[:, c:].flatten(0, 1)) / small_var
+            loss = loss + self.config.readout_weight * (real + imagined)
+            metrics.update(readout=float(real.detach()), readout_rollout=float(imagined.detach()),
+                           readout_copy=float(F.mse_loss(small[:, c - 1:c].expand_as(small[:, c:]), small[:, c:])
+                                              / small_var))
         metrics["loss"] = float(loss.detach())
         return loss, metrics
 
-    def _open_loop_loss(self, h_deep: Tensor, actions: Tensor | None, state) -> tuple[Tensor, float, float]:
+    def _open_loop_loss(self, h_deep: Tensor, actions: Tensor | None, state) -> tuple[Tensor, Tensor, float, float]:
         """The planning rollout, trained: from the last context frame's h^d, roll the deepest level forward
         open loop (prior sample z, decoder bottleneck, next-feature head, fed back; what `predict_embeddings`
         does) over all F future steps and match every predicted h^d_{t+1} to the encoding of the true frame.
@@ -282,8 +297,8 @@ class GHVAE(WorldModel):
         likelihood alone, not pulled toward whatever the dynamics can predict (the goal is embedded by the same
         encoder, so a cost in this space must keep what the pixels need). Gradients reach the prior, the deepest decoder's bottleneck (with its action FiLM) and the
         head through every step: a one-step probe cannot learn what ten compounding steps need (latent
-        overshooting, as in PlaNet). Returns the loss (relative MSE, mean over steps) and, as floats, the final
-        step's relative error and that of "h^d does not change".
+        overshooting, as in PlaNet). Returns the loss (relative MSE, mean over steps), the rolled-out states
+        ``[B, F, C^d, H^d, W^d]`` and, as floats, the final step's relative error and that of "h^d does not change".
         """
         c, n = self.context_frames, h_deep.shape[1]
         top = self.stack[self.depth - 1]
@@ -300,7 +315,7 @@ class GHVAE(WorldModel):
         pred = torch.stack(preds, dim=1)
         per_step = ((pred - target) ** 2).flatten(2).mean(-1).mean(0) / scale  # [F]
         final_copy = F.mse_loss(h_deep[:, c - 1].detach(), target[:, -1]) / scale
-        return per_step.mean(), float(per_step[-1].detach()), float(final_copy)
+        return per_step.mean(), pred, float(per_step[-1].detach()), float(final_copy)
 
     @torch.no_grad()
     def cache_features(self, dataset: Any, levels: int, *, batch_size: int = 64) -> FeatureCacheDataset:
@@ -422,14 +437,31 @@ class GHVAE(WorldModel):
 
     @property
     def embedding_dim(self) -> int:
+        if self.config.embedding == "readout":
+            return 3 * self.config.readout_size**2
         shape = self.shapes[self.depth - 1]
         return shape.channels * shape.size**2
 
     def embed(self, frames: Tensor) -> Tensor:
-        """``[..., 3, H, W]`` -> the flattened deepest encoding h^d ``[..., D = C^d * H^d * W^d]``."""
+        """``[..., 3, H, W]`` -> the model-space embedding ``[..., D]`` that `predict_embeddings` is compared to.
+
+        ``embedding="deepest"``: the flattened deepest encoding h^d (D = C^d H^d W^d). ``"readout"``: the image
+        itself, area-pooled to 3 x R x R (what the readout of h^d is trained to show; D = 3 R^2). The deepest
+        encoding is not a metric space for the robot's pose: on Meta-World reach its distance to the goal's
+        encoding was *anti*-correlated with the hand's distance to the goal (Spearman -0.16 to -0.89 over random
+        plans, docs/planning.md), while the pooled image's distance correlates positively (0.64-0.94).
+        """
         lead = frames.shape[:-3]
-        h = self.encode(frames.reshape(-1, *frames.shape[-3:]))[-1]
-        return h.flatten(1).view(*lead, -1)
+        flat = frames.reshape(-1, *frames.shape[-3:])
+        if self.config.embedding == "readout":
+            return F.adaptive_avg_pool2d(flat, self.config.readout_size).flatten(1).view(*lead, -1)
+        return self.encode(flat)[-1].flatten(1).view(*lead, -1)
+
+    def state_embedding(self, h: Tensor) -> Tensor:
+        """Deepest states ``[N, C^d, H^d, W^d]`` -> their embeddings ``[N, D]`` (comparable to `embed`)."""
+        if self.config.embedding == "readout":
+            return self.stack[self.depth - 1].read_out(h).flatten(1)
+        return h.flatten(1)
 
     @torch.no_grad()
     def predict_embeddings(self, context_frames: Tensor, actions: Tensor | None = None, num_samples: int = 1, *,
@@ -441,11 +473,12 @@ class GHVAE(WorldModel):
         h_{t+1}^d, which is fed back; no pixel is decoded and no lower module runs after the context is encoded.
         These are exactly the deepest states that ``_rollout(..., carry_deepest=True)`` decodes into its frames
         under the same seed (tested). `predict` instead re-encodes every predicted frame, so from the second
-        step its deepest states differ from these by the decode / re-encode round trip.
+        step its deepest states differ from these by the decode / re-encode round trip. Each state is returned
+        as `state_embedding` (h^d itself, or its readout image).
         """
         b, horizon, (_, feats) = self._checked_rollout(context_frames, actions, num_samples, horizon, generator,
                                                        seed, pixels=False)
-        return feats.flatten(2).view(b, num_samples, horizon, -1)
+        return self.state_embedding(feats.flatten(0, 1)).view(b, num_samples, horizon, -1)
 
     @torch.no_grad()
     def predict_embedding_frames(self, context_frames: Tensor, actions: Tensor | None = None, num_samples: int = 1,

@@ -133,7 +133,8 @@ class GaussianConvLSTM(nn.Module):
 class GHVAEModule(nn.Module):
     """Module k's four sub-networks (``W^k = {enc, dec, prior, post}`` in the paper)."""
 
-    def __init__(self, shape: ModuleShape, *, action_dim: int, res_blocks: int, action_in_decoder: bool = True):
+    def __init__(self, shape: ModuleShape, *, action_dim: int, res_blocks: int, action_in_decoder: bool = True,
+                 readout_size: int = 16):
         super().__init__()
         self.shape = shape
         self.action_dim = action_dim
@@ -143,6 +144,13 @@ class GHVAEModule(nn.Module):
         # GHVAE.loss), so a rollout can stay at this level and never decode pixels.
         self.next_feature = nn.Sequential(_norm(shape.channels), nn.SiLU(),
                                           nn.Conv2d(shape.channels, shape.channels, 3, padding=1))
+        # Reads a small image (3 x R x R, R = readout_size) off h^k: the model-space cost's embedding
+        # (``GHVAEConfig.embedding = "readout"``). Sub-pixel upsampling by R / H^k when R > H^k, else pooling.
+        self.readout_scale = max(1, readout_size // shape.size)
+        self.readout_size = readout_size
+        self.readout = nn.Sequential(
+            nn.Conv2d(shape.channels, shape.channels, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(shape.channels, 3 * self.readout_scale**2, 1))
         self.prior = GaussianConvLSTM(in_channels=shape.channels + action_dim, hidden=shape.lstm,
                                       latent=shape.latent, learn_std=True)
         self.posterior = GaussianConvLSTM(in_channels=shape.channels, hidden=shape.lstm,
@@ -157,6 +165,15 @@ class GHVAEModule(nn.Module):
             h = torch.cat([h, tiled.to(h.dtype)], dim=1)
         return self.prior(h, state)
 
+    def read_out(self, h: Tensor) -> Tensor:
+        """h^k [N, C^k, H^k, W^k] -> the low-resolution image it shows, [N, 3, R, R] (about [0, 1])."""
+        x = self.readout(h)
+        if self.readout_scale > 1:
+            x = nn.functional.pixel_shuffle(x, self.readout_scale)
+        if x.shape[-1] != self.readout_size:
+            x = nn.functional.adaptive_avg_pool2d(x, self.readout_size)
+        return x
+
     def predict_feature(self, h: Tensor, y: Tensor) -> Tensor:
         """h_t^k and the decoder bottleneck y (both [N, C^k, H^k, W^k]) -> predicted h_{t+1}^k."""
         return h + self.next_feature(y)
@@ -164,4 +181,8 @@ class GHVAEModule(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint from before the head existed: a zero head predicts "the features do not change".
         _fill_missing_with_zeros(self, state_dict, prefix, ("next_feature",))
+        # The readout has no role in an older model (its embedding was h^d): keep its fresh initialisation, so a
+        # fine-tune with embedding="readout" can train it (an all-zero two-layer head would get no gradient).
+        for key, param in self.readout.named_parameters(prefix=prefix + "readout"):
+            state_dict.setdefault(key, param.detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
