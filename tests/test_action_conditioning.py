@@ -47,7 +47,10 @@ def centroid(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_tiny(tmp_path, *, action_in_decoder: bool, steps: int = 200) -> GHVAE:
-    config = dataclasses.replace(preset(GHVAEConfig, "tiny"), action_in_decoder=action_in_decoder, kl_weight=1.0)
+    # The ELBO alone (no rollout or readout terms, which train the prior open loop and so give even the
+    # prior-only model an action path; tests/test_ghvae_rollout_loss.py covers them) and h^d as the embedding.
+    config = dataclasses.replace(preset(GHVAEConfig, "tiny"), action_in_decoder=action_in_decoder, kl_weight=1.0,
+                                 rollout_weight=0.0, readout_weight=0.0, embedding="deepest")
     torch.manual_seed(0)
     model = GHVAE(config)
     clips = SyntheticClips(512, context_frames=config.context_frames, future_frames=config.future_frames,
