@@ -628,21 +628,38 @@ def control_check(cfg: PlanToGoalConfig, agent: Any, env: Any, goal: Any) -> dic
     # The motion of the rollout the planner scores: the latent rollout's own pixels for a model-space cost.
     latent = agent.cost.space == "embeddings" and hasattr(model, "predict_embedding_frames")
     rollout_frames = model.predict_embedding_frames if latent else model.predict
-    pred_final, true_final = [], []
+    pred_final, true_final, pred_emb = [], [], []
     for axis, sign in AXES.values():
         act = torch.zeros(1, h, a)
         act[:, :, axis] = sign
         p = rollout_frames(context[None], act, seed=cfg.seed)[0, 0, -1].cpu()  # [3, h, w]
         t = sim.predict(sim_ctx, act)[0, 0, -1]
         pred_final.append(p), true_final.append(resize_frames(t[None], model.image_size)[0])
+        if agent.cost.space == "embeddings":
+            pred_emb.append(model.predict_embeddings(context[None], act, seed=cfg.seed)[0, 0, -1].cpu())
     pred_final, true_final = torch.stack(pred_final), torch.stack(true_final)  # [6, 3, h, w]
     pred_motion = (pred_final - start).pow(2).sum((1, 2, 3))
     true_motion = (true_final - start).pow(2).sum((1, 2, 3))
     nearest = torch.cdist(pred_final.flatten(1), true_final.flatten(1)).argmin(1)  # [6]
+    extra: dict[str, Any] = {}
+    if pred_emb:
+        # The same check in the space the planner scores: the embedding's change from the start, predicted
+        # (predict_embeddings) vs true (embed of the real final frames), and nearest-direction accuracy there.
+        with torch.no_grad():
+            e_start = model.embed(start[None].to(model.device)).cpu()[0]
+            e_true = model.embed(true_final.to(model.device)).cpu()  # [6, D]
+        e_pred = torch.stack(pred_emb)
+        pm, tm = (e_pred - e_start).pow(2).sum(1), (e_true - e_start).pow(2).sum(1)
+        eratio = (pm / tm.clamp_min(1e-12)).tolist()
+        extra = {"embedding_motion": {name: {"predicted": float(x), "true": float(y), "ratio": float(r)}
+                                      for name, x, y, r in zip(AXES, pm, tm, eratio)},
+                 "embedding_motion_within_30pct": int(sum(abs(r - 1) <= 0.3 for r in eratio)),
+                 "embedding_direction_accuracy": float((torch.cdist(e_pred, e_true).argmin(1)
+                                                        == torch.arange(6)).float().mean())}
     env.reset()
     agent.reset(goal.image)
     ratio = (pred_motion / true_motion.clamp_min(1e-6)).tolist()
-    return {
+    return {**extra,
         "plans": int(cfg.control_plans), "cost": cfg.cost,
         "spearman": None if rho != rho else float(rho),
         "spearman_true_cost_vs_state_distance": None if rho_cost_state != rho_cost_state else float(rho_cost_state),

@@ -61,6 +61,9 @@ def control_table(infos: list[dict], names: list[str]) -> str:
         for task, c in info.get("control_check", {}).items():
             rho = "n/a (constant cost)" if c["spearman"] is None else f"{c['spearman']:.2f}"
             motion = " ".join(f"{m['ratio']:.2f}" for m in c["motion"].values())
+            if "embedding_motion" in c:  # model-space cost: the motion in the space the planner scores
+                motion += " (embedding: " + " ".join(f"{m['ratio']:.2f}" for m in c["embedding_motion"].values())
+                motion += f", direction accuracy {c['embedding_direction_accuracy']:.2f})"
             lines.append(f"| {name} | {task} | {c['cost']} | {rho} | "
                          f"{fmt(c.get('spearman_true_cost_vs_state_distance'))} | "
                          f"{fmt(c.get('spearman_model_cost_vs_state_distance'))} | "

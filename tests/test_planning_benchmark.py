@@ -90,6 +90,16 @@ def test_benchmark_end_to_end_and_resume(tiny_ghvae_dir, tmp_path):
 
 
 @pytest.mark.mujoco
+def test_control_check_with_a_model_space_cost_measures_motion_in_that_space(tiny_ghvae_dir, tmp_path):
+    info = plan_to_goal.main(_args(tiny_ghvae_dir, tmp_path, cost="embedding", max_steps=1, name="emb",
+                                   videos="false"))
+    check = info["control_check"]["reach-v3"]
+    assert check["cost"] == "embedding" and set(check["embedding_motion"]) == set(check["motion"])
+    assert all(m["true"] > 0 for m in check["embedding_motion"].values())  # the pooled real frame changes
+    assert 0 <= check["embedding_direction_accuracy"] <= 1
+
+
+@pytest.mark.mujoco
 def test_planning_step_is_deterministic_under_a_seed(tiny_ghvae_dir):
     import foresight
     from agents.mpc import VisualMPC
