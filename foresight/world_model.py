@@ -334,8 +334,12 @@ class WorldModel(nn.Module, abc.ABC):
 
         Default: ``embed(predict(...))``. Models that can skip decoding override this with a latent rollout,
         which need not equal the default exactly; each such model states (and tests) what it equals. GHVAE rolls
-        out at its deepest level: its embeddings are the deepest states its pixel rollout decodes when that
-        rollout carries the deepest level instead of re-encoding each frame (same seed, same noise)."""
+        out at its deepest level: its embeddings are (the readout images of) the deepest states its pixel rollout
+        decodes when that rollout carries the deepest level instead of re-encoding each frame (same seed, same
+        noise).
+
+        An embedding is only a good cost if distance in it tracks progress toward the goal: check with
+        ``benchmarks/cost_validity.py`` (GHVAE's raw deepest encoding failed that test; its readout passes)."""
         frames = self.predict(context_frames, actions, num_samples, horizon=horizon, generator=generator, seed=seed)
         return self.embed(frames)
 
