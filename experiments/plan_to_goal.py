@@ -616,13 +616,16 @@ def control_check(cfg: PlanToGoalConfig, agent: Any, env: Any, goal: Any) -> dic
         out = model.embed(frames.to(model.device)) if agent.cost.space == "embeddings" else frames.to(model.device)
         true.append(agent.cost(out).float().cpu())
     true_cost = torch.cat(true).numpy()
-    rho = spearmanr(model_cost, true_cost).statistic if np.std(model_cost) > 0 else float("nan")
+
+    def rank_correlation(cost: np.ndarray, other: np.ndarray) -> float | None:
+        """Spearman rho, or None when it is undefined (a constant cost: copy_last's plans all cost the same)."""
+        rho = float(spearmanr(cost, other).statistic) if np.std(cost) > 0 else float("nan")
+        return None if np.isnan(rho) else rho
+
     # Does the cost point at the goal at all? Rank correlation of each cost with the plan's true final distance
     # (hand + object) to the goal state: for the true frames it says whether the cost is right with a perfect
     # model, for the model's it is what the planner really optimises.
     state_dist = np.array([_state_distance(s, goal.state) for s in final_states])
-    rho_cost_state = spearmanr(true_cost, state_dist).statistic if np.std(true_cost) > 0 else float("nan")
-    rho_model_state = spearmanr(model_cost, state_dist).statistic if np.std(model_cost) > 0 else float("nan")
 
     start = context[-1].cpu()  # [3, h, w]
     # The motion of the rollout the planner scores: the latent rollout's own pixels for a model-space cost.
@@ -661,9 +664,9 @@ def control_check(cfg: PlanToGoalConfig, agent: Any, env: Any, goal: Any) -> dic
     ratio = (pred_motion / true_motion.clamp_min(1e-6)).tolist()
     return {**extra,
         "plans": int(cfg.control_plans), "cost": cfg.cost,
-        "spearman": None if rho != rho else float(rho),
-        "spearman_true_cost_vs_state_distance": None if rho_cost_state != rho_cost_state else float(rho_cost_state),
-        "spearman_model_cost_vs_state_distance": None if rho_model_state != rho_model_state else float(rho_model_state),
+        "spearman": rank_correlation(model_cost, true_cost),
+        "spearman_true_cost_vs_state_distance": rank_correlation(true_cost, state_dist),
+        "spearman_model_cost_vs_state_distance": rank_correlation(model_cost, state_dist),
         "motion": {name: {"predicted": float(pm), "true": float(tm), "ratio": float(r)}
                    for name, pm, tm, r in zip(AXES, pred_motion, true_motion, ratio)},
         "motion_within_30pct": int(sum(abs(r - 1) <= 0.3 for r in ratio)),

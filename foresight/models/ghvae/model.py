@@ -275,8 +275,7 @@ class GHVAE(WorldModel):
         if self.config.readout_weight > 0:
             # The readout image of h^d: of every real frame's encoding (a decoder of the real states) and of the
             # open-loop states (what the model-space cost compares to the goal), both against the pooled frames.
-            small = F.adaptive_avg_pool2d(frames.flatten(0, 1), self.config.readout_size).view(
-                *frames.shape[:2], 3, self.config.readout_size, self.config.readout_size)
+            small = self._pooled(frames)  # [B, N, 3, R, R]
             small_var = small.var().clamp_min(1e-6)
             real = F.mse_loss(top.read_out(hs[-1].flatten(0, 1)), small.flatten(0, 1)) / small_var
             imagined = F.mse_loss(top.read_out(rolled.flatten(0, 1)), small[:, c:].flatten(0, 1)) / small_var
@@ -451,11 +450,15 @@ class GHVAE(WorldModel):
         encoding was *anti*-correlated with the hand's distance to the goal (Spearman -0.16 to -0.89 over random
         plans, docs/planning.md), while the pooled image's distance correlates positively (0.64-0.94).
         """
-        lead = frames.shape[:-3]
-        flat = frames.reshape(-1, *frames.shape[-3:])
         if self.config.embedding == "readout":
-            return F.adaptive_avg_pool2d(flat, self.config.readout_size).flatten(1).view(*lead, -1)
-        return self.encode(flat)[-1].flatten(1).view(*lead, -1)
+            return self._pooled(frames).flatten(-3)
+        lead = frames.shape[:-3]
+        return self.encode(frames.reshape(-1, *frames.shape[-3:]))[-1].flatten(1).view(*lead, -1)
+
+    def _pooled(self, frames: Tensor) -> Tensor:
+        """``[..., 3, H, W]`` area-pooled to ``[..., 3, R, R]``: what the readout head is trained to show."""
+        r = self.config.readout_size
+        return F.adaptive_avg_pool2d(frames.reshape(-1, *frames.shape[-3:]), r).view(*frames.shape[:-2], r, r)
 
     def state_embedding(self, h: Tensor) -> Tensor:
         """Deepest states ``[N, C^d, H^d, W^d]`` -> their embeddings ``[N, D]`` (comparable to `embed`)."""
