@@ -202,8 +202,12 @@ class RandomShooting(Optimizer):
     """Uniform random sequences in the box; keeps the best. ``iterations`` chunks the same budget (no refit).
 
     The warm-start mean and any ``init_samples`` (without repeats) are evaluated as extra candidates. When every
-    cost is NaN / inf the first candidate (the warm start if given) is returned, with cost inf.
+    cost is NaN / inf the first candidate (the warm start if given) is returned, with cost inf. It samples the whole
+    box, so it takes no sampling std, colored noise or smoothing.
     """
+
+    def __init__(self, *, num_samples: int, iterations: int = 1):
+        super().__init__(num_samples=num_samples, iterations=iterations)
 
     def _optimize(self, objective, horizon, low, high, init_mean, init_samples, generator):
         a = low.numel()
@@ -476,22 +480,19 @@ class TrajectoryPlanner:
     With ``action_repeat`` r the optimiser searches over ``ceil(horizon / r)`` distinct actions and the objective
     sees each one held for r steps (cut to ``horizon``). After ``plan``, call ``advance(k)`` when k actions
     were executed: the next plan starts from the previous one shifted by k steps (tail filled with the last
-    action, or the middle of the box with ``fill="mean"``), and the previous elites, shifted, are offered to the
+    action), and the previous elites, shifted, are offered to the
     optimiser as extra candidates.
     """
 
     def __init__(self, optimizer: Optimizer, *, horizon: int, action_low, action_high, action_repeat: int = 1,
-                 warm_start: bool = True, fill: str = "last"):
+                 warm_start: bool = True):
         if action_repeat < 1 or horizon < 1:
             raise ValueError(f"horizon and action_repeat must be >= 1, got {horizon} and {action_repeat}")
-        if fill not in ("last", "mean"):
-            raise ValueError(f"fill must be 'last' or 'mean', got {fill!r}")
         self.optimizer = optimizer
         self.horizon = int(horizon)
         self.low, self.high = _as_bounds(action_low, action_high)
         self.action_repeat = int(action_repeat)
         self.warm_start = bool(warm_start)
-        self.fill = fill
         self.reset()
 
     @property
@@ -519,12 +520,10 @@ class TrajectoryPlanner:
         return actions.view(actions.shape[0], hp, r, -1).mean(2)
 
     def _shift(self, seq: Tensor, k: int) -> Tensor:
-        # seq [N, horizon, A] -> the same sequences k steps later, tail filled
+        # seq [N, horizon, A] -> the same sequences k steps later, the tail holding the last action
         if k >= self.horizon:
-            tail_src = seq[:, -1:] if self.fill == "last" else ((self.low + self.high) / 2).expand(seq.shape[0], 1, -1)
-            return tail_src.expand(-1, self.horizon, -1).clone()
-        tail = seq[:, -1:] if self.fill == "last" else ((self.low + self.high) / 2).expand(seq.shape[0], 1, -1)
-        return torch.cat([seq[:, k:], tail.expand(-1, k, -1)], dim=1)
+            return seq[:, -1:].expand(-1, self.horizon, -1).clone()
+        return torch.cat([seq[:, k:], seq[:, -1:].expand(-1, k, -1)], dim=1)
 
     def advance(self, steps: int) -> None:
         """Tell the planner that ``steps`` actions of the last plan were executed (shifts the warm start)."""

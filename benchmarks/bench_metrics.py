@@ -18,12 +18,12 @@ if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without i
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
+from foresight.checkpoint import atomic_write_json  # noqa: E402
 from experiments.common import cli_main, dataclass_argparser  # noqa: E402
 
 
@@ -94,13 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     res["load_avg_end"] = os.getloadavg()
     print(json.dumps(res, indent=1))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(res, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, args.out)
+        atomic_write_json(args.out, res, indent=1)
 
 
 if __name__ == "__main__":

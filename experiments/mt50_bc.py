@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import foresight  # noqa: E402
-from foresight.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
-from foresight.config import build_config, dump_yaml, merge, preset, to_dict  # noqa: E402
+from foresight.checkpoint import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
+from foresight.config import build_config, dump_yaml, merge, preset  # noqa: E402
 from foresight.train import TrainConfig, Trainer  # noqa: E402
 
 from experiments.common import UsageError, cli_main  # noqa: E402
@@ -293,14 +293,13 @@ def write_report(cfg: MT50BCConfig, run_dir: Path, evals: dict[str, list[dict[st
     text = "\n".join(lines)
     atomic_write_text(run_dir / "results.md", text)
 
-    with open(run_dir / "results.csv.tmp", "w", newline="") as f:
+    with atomic_path(run_dir / "results.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "mean_success", "std", "seeds", "paper_mean", "paper_std", *tasks])
         for r in rows:
             paper = PAPER_TABLE3.get(r["method"], (float("nan"), float("nan")))
             w.writerow([r["method"], f"{r['mean']:.4f}", f"{r['std']:.4f}", r["seeds"], paper[0], paper[1],
                         *[f"{r['per_task'][t]:.4f}" for t in tasks]])
-    os.replace(run_dir / "results.csv.tmp", run_dir / "results.csv")
     _bar_chart(run_dir / "results.png", rows, cfg)
     return text
 
@@ -324,10 +323,9 @@ def _bar_chart(path: Path, rows: list[dict[str, Any]], cfg: MT50BCConfig) -> Non
     ax.set_title(f"MT50 imitation, preset '{cfg.preset_name}'")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------- main

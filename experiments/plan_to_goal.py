@@ -30,7 +30,6 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import json
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,7 +44,7 @@ if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without i
 
 from agents.mpc import GripperHeuristic, RandomActionAgent, VisualMPC, resize_frames, run_episode
 from agents.optimizers import make_optimizer
-from foresight.checkpoint import atomic_write_bytes, atomic_write_json
+from foresight.checkpoint import atomic_path, atomic_write_bytes, atomic_write_json
 from experiments.common import UsageError, cli_main
 from foresight.config import build_config, dump_yaml, to_dict
 
@@ -104,17 +103,10 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> None:
     """frames uint8 [T, H, W, 3] -> mp4, written atomically."""
     import imageio.v2 as imageio
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1) as w:
             for f in frames:
                 w.append_data(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def real_vs_imagined(episode: dict[str, Any], goal: np.ndarray) -> np.ndarray:
@@ -187,8 +179,9 @@ def _build_agent(cfg: PlanToGoalConfig, model: Any, env: Any, record_model: Any 
         raise ValueError(f"agent must be 'mpc' or 'random', got {cfg.agent!r}")
     half = torch.as_tensor((np.asarray(high, np.float32) - np.asarray(low, np.float32)) / 2)
     init_std = cfg.init_std if bool((half == 1).all()) else cfg.init_std * half  # [A] when the box is not [-1, 1]
-    kw: dict[str, Any] = {"num_samples": cfg.num_samples, "iterations": cfg.iterations, "init_std": init_std,
-                          "smoothing": cfg.smoothing}
+    kw: dict[str, Any] = {"num_samples": cfg.num_samples, "iterations": cfg.iterations}
+    if cfg.planner != "random":  # random shooting samples the whole box: no std, no smoothing
+        kw.update(init_std=init_std, smoothing=cfg.smoothing)
     if cfg.planner in ("cem", "icem"):
         kw.update(elite_frac=cfg.elite_frac, min_elites=cfg.min_elites, full_covariance=cfg.full_covariance)
     elif cfg.planner == "mppi":

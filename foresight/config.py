@@ -14,7 +14,6 @@ Presets are declared on the config class as ``PRESETS = {"tiny": {...}, ...}`` (
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from pathlib import Path
@@ -288,5 +287,3 @@ def dump_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
-def config_json(config: Any) -> str:
-    return json.dumps(to_dict(config), indent=2, sort_keys=False)

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from foresight.checkpoint import atomic_write_bytes
+from foresight.checkpoint import atomic_path, atomic_write_bytes
 
 
 def to_uint8_hwc(frames) -> np.ndarray:
@@ -79,11 +79,9 @@ def save_mp4(path: str | Path, frames, *, fps: int = 10) -> Path:
 
     frames = to_uint8_hwc(frames)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    # macro_block_size=1 keeps small frames (64x64) unpadded.
-    imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        # macro_block_size=1 keeps small frames (64x64) unpadded.
+        imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
     return path
 
 

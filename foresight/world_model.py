@@ -34,7 +34,6 @@ and ``stages``, and implement ``_predict`` and ``loss`` (``features`` / ``embed`
 from __future__ import annotations
 
 import abc
-import dataclasses
 import json
 import operator
 from pathlib import Path
@@ -402,7 +401,3 @@ class WorldModel(nn.Module, abc.ABC):
 def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> WorldModel:
     """Load any saved world model: ``foresight.load("runs/.../checkpoints/last")``."""
     return WorldModel.from_pretrained(path, map_location=map_location)
-
-
-def config_replace(config: Any, **changes: Any) -> Any:
-    return dataclasses.replace(config, **changes)

@@ -288,3 +288,22 @@ def test_split_naming_an_unreadable_file_says_unreadable_and_why(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not in the index .*'nowhere.hdf5'") as e:
         index.select(["nowhere.hdf5", paths[1].name])
     assert "unreadable" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+
+
+def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_failure(tmp_path):
+    from foresight.checkpoint import atomic_path
+
+    target = tmp_path / "sub" / "results.csv"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.suffix == ".csv" and tmp != target  # format sniffers see .csv
+        tmp.write_text("first")
+    assert target.read_text() == "first"
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half a file")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["results.csv"]  # no temp file left behind

@@ -43,6 +43,8 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
+from foresight.checkpoint import atomic_path
+
 FILE_VERSION = "0.1.0"
 ENCODINGS = ("mp4", "jpeg")
 # Keys RoboNet's converter refuses to write a file without (plus contains_annotation, always written).
@@ -488,10 +490,7 @@ def write_trajectory(
     if missing:
         raise ValueError(f"metadata misses required keys {missing} (see default_metadata)")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("file_version", data=FILE_VERSION)
             env = f.create_group("env")
@@ -524,10 +523,4 @@ def write_trajectory(
             meta_group = f.create_group("metadata")
             for k, v in metadata.items():
                 meta_group.attrs[k] = _attr_value(v)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

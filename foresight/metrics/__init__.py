@@ -7,7 +7,7 @@ file of your own via the `weights=` / `path=` arguments or $FORESIGHT_LPIPS_WEIG
 
 from .fvd import fvd, frechet_distance, i3d_features, feature_stats, preprocess_for_i3d
 from .i3d import InceptionI3d, load_i3d
-from .image import per_clip, psnr, ssim
+from .image import psnr, ssim
 from .lpips import LPIPS
 from .protocol import evaluate_predictions
 from .weights import WeightsNotFoundError, find_i3d_weights, find_lpips_backbone
@@ -15,7 +15,6 @@ from .weights import WeightsNotFoundError, find_i3d_weights, find_lpips_backbone
 __all__ = [
     "psnr",
     "ssim",
-    "per_clip",
     "LPIPS",
     "InceptionI3d",
     "load_i3d",

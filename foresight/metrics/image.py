@@ -2,7 +2,7 @@
 
 Both take tensors shaped ``[..., 3, H, W]`` (any leading axes: frames ``[N]``, clips ``[B, T]``, samples
 ``[B, S, T]``) and return one value per frame, shaped ``[...]``. Average over the time axis yourself for a per-clip
-number; `per_clip` does that.
+number (`values.mean(-1)`).
 
 SSIM follows Wang et al. (2004) exactly as scikit-image's
 ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)``:
@@ -88,8 +88,3 @@ def ssim(
     s_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     out = s_map.flatten(1).mean(1)  # [N]
     return out.reshape(lead).to(pred.dtype if pred.is_floating_point() else torch.float32)
-
-
-def per_clip(values: torch.Tensor, *, time_dim: int = -1) -> torch.Tensor:
-    """Mean of per-frame metric values over the time axis: [..., T] -> [...]."""
-    return values.mean(dim=time_dim)

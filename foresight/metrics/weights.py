@@ -20,11 +20,12 @@ import hashlib
 import importlib.util
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from foresight.checkpoint import atomic_path
 
 LPIPS_ENV = "FORESIGHT_LPIPS_WEIGHTS"
 I3D_ENV = "FORESIGHT_I3D_WEIGHTS"
@@ -127,17 +128,8 @@ def _source_key(path: Path) -> str:
 def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
 
 def cached_conversion(name: str, source: Path, convert) -> dict[str, torch.Tensor]:

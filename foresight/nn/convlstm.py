@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConvLSTMCell", "ConvLSTM"]
+__all__ = ["ConvLSTMCell"]
 
 State = tuple[Tensor, Tensor]
 
@@ -46,19 +46,3 @@ class ConvLSTMCell(nn.Module):
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, (h, c)
 
-
-class ConvLSTM(nn.Module):
-    """A ConvLSTM cell run over a sequence ``[B, T, in, H, W] -> [B, T, hidden, H, W]`` (plus the last state)."""
-
-    def __init__(self, *, in_channels: int, hidden_channels: int, kernel_size: int = 3):
-        super().__init__()
-        self.cell = ConvLSTMCell(in_channels=in_channels, hidden_channels=hidden_channels, kernel_size=kernel_size)
-
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        if x.ndim != 5:
-            raise ValueError(f"ConvLSTM: expected input [B, T, C, H, W], got {list(x.shape)}")
-        outputs = []
-        for t in range(x.shape[1]):
-            h, state = self.cell(x[:, t], state)
-            outputs.append(h)
-        return torch.stack(outputs, dim=1), state  # [B, T, hidden, H, W]
