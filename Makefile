@@ -11,7 +11,7 @@ STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED = 1
 
-.PHONY: setup run test test-all clean-venv
+.PHONY: setup run test test-all planning-model clean-venv
 
 setup: $(STAMP)
 
@@ -35,6 +35,14 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "slow or not slow"
+
+# The planning benchmark's world model from scratch: interaction data (5 tasks x 100 episodes), then GHVAE
+# (experiments/configs/ghvae_planning.yaml) -> runs/ghvae_planning/model. Both steps resume when re-run.
+INTERACTION_TASKS = reach-v3,push-v3,drawer-close-v3,button-press-topdown-v3,door-open-v3
+planning-model: setup
+	$(PY) experiments/collect_metaworld.py --out data/mw_interaction --tasks $(INTERACTION_TASKS) \
+	    --episodes-per-task 100 --policy expert:0.2,noisy:0.4,random:0.4 --episode-steps 50 --workers 1
+	$(PY) experiments/train_world_model.py --config experiments/configs/ghvae_planning.yaml $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
