@@ -1,50 +1,70 @@
-"""Name -> class registry so a checkpoint's ``config.json`` rebuilds its own model.
+"""Name -> class registries so a checkpoint's ``config.json`` rebuilds its own class.
 
-Every `WorldModel` subclass registers itself with ``@register_model("name")``; the name is written as
-``type`` in ``config.json``. Built-in models live in modules that are imported lazily on first lookup, so
-``import foresight`` stays cheap and a robot computer without, say, LPIPS weights can still load a GHVAE.
+Every `WorldModel` subclass registers itself with ``@register_model("name")`` and every policy with
+``agents.policies.register_policy("name")``; the name is written as ``type`` in ``config.json``. Built-in
+classes live in modules that are imported lazily on first lookup, so ``import foresight`` stays cheap and a robot
+computer without, say, LPIPS weights can still load a GHVAE.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable
 
-_REGISTRY: dict[str, type] = {}
 
-# type name -> module that defines it. Imported on demand by `get_model_class`.
-_BUILTIN_MODULES: dict[str, str] = {
+class Registry:
+    """``name -> class`` for one kind of saved object, with built-in names imported from their module on demand."""
+
+    def __init__(self, kind: str, builtin: dict[str, str] | None = None):
+        self.kind = kind
+        self.classes: dict[str, type] = {}
+        self.builtin: dict[str, str] = dict(builtin or {})  # type name -> module that defines it
+
+    def register(self, name: str) -> Callable[[type], type]:
+        """Class decorator: register ``cls`` under ``name`` and set ``cls.type = name``. Re-registering the same
+        class (a module imported twice) is fine; another class under a taken name is refused."""
+
+        def wrap(cls: type) -> type:
+            existing = self.classes.get(name)
+            if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
+                raise ValueError(f"{self.kind} type {name!r} is already registered to "
+                                 f"{existing.__module__}.{existing.__qualname__}")
+            cls.type = name
+            self.classes[name] = cls
+            return cls
+
+        return wrap
+
+    def get(self, name: str) -> Any:
+        """The class registered as ``name``, importing a built-in module on first lookup."""
+        if name not in self.classes and name in self.builtin:
+            importlib.import_module(self.builtin[name])
+        if name not in self.classes:
+            raise KeyError(f"unknown {self.kind} type {name!r}; known types: {self.names()}")
+        return self.classes[name]
+
+    def names(self) -> list[str]:
+        return sorted(set(self.classes) | set(self.builtin))
+
+
+MODELS = Registry("world-model", {
     "harp": "foresight.models.harp",
     "ghvae": "foresight.models.ghvae",
     "copy_last": "foresight.models.baselines",
     "conv": "foresight.models.baselines",
-}
+})
 
 
-def register_model(name: str):
+def register_model(name: str) -> Callable[[type], type]:
     """Class decorator: register a `WorldModel` subclass under ``name`` (its ``type`` in config.json)."""
-
-    def wrap(cls: type) -> type:
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(f"model type {name!r} is already registered to {existing.__module__}.{existing.__qualname__}")
-        cls.type = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    return MODELS.register(name)
 
 
 def get_model_class(name: str) -> Any:
     """Return the class registered as ``name``, importing built-in model modules on demand."""
-    if name not in _REGISTRY and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _REGISTRY:
-        known = sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
-        raise KeyError(f"unknown world-model type {name!r}; known types: {known}")
-    return _REGISTRY[name]
+    return MODELS.get(name)
 
 
 def available_models() -> list[str]:
     """Names of all registered and built-in model types."""
-    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
+    return MODELS.names()

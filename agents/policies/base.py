@@ -22,7 +22,6 @@ Checkpoints are directories with ``config.json`` (``{"kind": "policy", "type": .
 from __future__ import annotations
 
 import abc
-import importlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -32,34 +31,20 @@ import torch
 from torch import Tensor, nn
 
 from foresight import checkpoint as ckpt
+from foresight.registry import Registry
 
 __all__ = ["Policy", "register_policy", "get_policy_class", "load_policy", "observation_frames"]
 
-_POLICIES: dict[str, type] = {}
-# type name -> module defining it, imported on first lookup (so loading never depends on import order)
-_BUILTIN_POLICIES: dict[str, str] = {"bc": "agents.policies.bc"}
+POLICIES = Registry("policy", {"bc": "agents.policies.bc"})
 
 
 def register_policy(name: str):
     """Class decorator: register a `Policy` subclass under ``name`` (its ``type`` in config.json)."""
-
-    def wrap(cls: type) -> type:
-        existing = _POLICIES.get(name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(f"policy type {name!r} is already registered to {existing.__module__}.{existing.__qualname__}")
-        cls.type = name
-        _POLICIES[name] = cls
-        return cls
-
-    return wrap
+    return POLICIES.register(name)
 
 
 def get_policy_class(name: str) -> type:
-    if name not in _POLICIES and name in _BUILTIN_POLICIES:
-        importlib.import_module(_BUILTIN_POLICIES[name])
-    if name not in _POLICIES:
-        raise KeyError(f"unknown policy type {name!r}; known: {sorted(set(_POLICIES) | set(_BUILTIN_POLICIES))}")
-    return _POLICIES[name]
+    return POLICIES.get(name)
 
 
 def observation_frames(observation: Any, *, image_size: int) -> tuple[Tensor, bool]:
