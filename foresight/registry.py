@@ -50,6 +50,7 @@ class Registry:
 MODELS = Registry("world-model", {
     "harp": "foresight.models.harp",
     "ghvae": "foresight.models.ghvae",
+    "videogpt": "foresight.models.videogpt",
     "copy_last": "foresight.models.baselines",
     "conv": "foresight.models.baselines",
 })
