@@ -139,6 +139,8 @@ class VisualMPC:
         replan_every: execute this many actions of each plan before replanning (the warm-start shift).
         num_model_samples: S futures per candidate for stochastic models (the cost averages over them).
         gripper: optional `GripperHeuristic`; the planner then leaves that action dim alone.
+        rest_action: ``[A]`` the action that keeps the robot still (Meta-World: zeros); holding it is offered as
+            a candidate in every plan, so an agent at its goal can stay there (`TrajectoryPlanner`).
         record: keep each chosen plan's imagined video (`records`): the sample the planner scored (its first
             model sample), not a fresh prediction, which for a stochastic model would show another future.
         record_model: model used for the recorded video (default: ``model``, whose scored sample is then
@@ -154,7 +156,7 @@ class VisualMPC:
                  action_repeat: int = 1, replan_every: int = 1, num_model_samples: int = 1, warm_start: bool = True,
                  gripper: GripperHeuristic | None = None, record: bool = True, record_model: Any = None,
                  predict_batch_size: int | None = None, before_plan: Callable[[], None] | None = None,
-                 image_key: str = "image", seed: int = 0):
+                 image_key: str = "image", rest_action: Any = None, seed: int = 0):
         low = torch.as_tensor(np.asarray(action_low), dtype=torch.float32).flatten()
         high = torch.as_tensor(np.asarray(action_high), dtype=torch.float32).flatten()
         if model.action_dim not in (0, low.numel()):
@@ -169,7 +171,9 @@ class VisualMPC:
         self.planned_dims = [i for i in range(low.numel()) if gripper is None or i != gripper.action_index]
         self.planner = TrajectoryPlanner(optimizer, horizon=horizon, action_low=low[self.planned_dims],
                                          action_high=high[self.planned_dims], action_repeat=action_repeat,
-                                         warm_start=warm_start)
+                                         warm_start=warm_start,
+                                         rest_action=None if rest_action is None else torch.as_tensor(
+                                             np.asarray(rest_action), dtype=torch.float32).flatten()[self.planned_dims])
         self.cost_spec = cost
         self.cost_weighting = cost_weighting
         self.replan_every = int(replan_every)

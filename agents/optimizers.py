@@ -482,10 +482,15 @@ class TrajectoryPlanner:
     were executed: the next plan starts from the previous one shifted by k steps (tail filled with the last
     action), and the previous elites, shifted, are offered to the
     optimiser as extra candidates.
+
+    ``rest_action`` ``[A]`` (e.g. zeros for Meta-World's position deltas: the hand stays where it is): the
+    sequence that holds it is offered as one more candidate in every plan. A sampling optimiser with a wide std
+    almost never draws "stay still" by chance, so without it an agent that has reached its goal keeps wandering
+    around it: each plan executes some random move whose cost is about as low as staying.
     """
 
     def __init__(self, optimizer: Optimizer, *, horizon: int, action_low, action_high, action_repeat: int = 1,
-                 warm_start: bool = True):
+                 warm_start: bool = True, rest_action=None):
         if action_repeat < 1 or horizon < 1:
             raise ValueError(f"horizon and action_repeat must be >= 1, got {horizon} and {action_repeat}")
         self.optimizer = optimizer
@@ -493,6 +498,13 @@ class TrajectoryPlanner:
         self.low, self.high = _as_bounds(action_low, action_high)
         self.action_repeat = int(action_repeat)
         self.warm_start = bool(warm_start)
+        self.rest_action: Tensor | None = None
+        if rest_action is not None:
+            rest = torch.as_tensor(rest_action, dtype=torch.float32).flatten()
+            if rest.shape != self.low.shape or bool((rest < self.low).any() or (rest > self.high).any()):
+                raise ValueError(f"rest_action must be an action [{self.low.numel()}] inside the bounds "
+                                 f"[{self.low.tolist()}, {self.high.tolist()}], got {rest.tolist()}")
+            self.rest_action = rest
         self.reset()
 
     @property
@@ -544,6 +556,9 @@ class TrajectoryPlanner:
         if self.warm_start and self._prev_plan is not None:
             init_mean = self.compress(self._prev_plan[None])[0]
             init_samples = self.compress(self._prev_elites) if self._prev_elites is not None else None
+        if self.rest_action is not None:
+            rest = self.rest_action.expand(1, self.distinct_steps, -1)  # [1, H', A]
+            init_samples = rest if init_samples is None else torch.cat([rest, init_samples])
         res = self.optimizer.optimize(lambda a: objective(self.expand(a)), horizon=self.distinct_steps,
                                       action_low=self.low, action_high=self.high, init_mean=init_mean,
                                       init_samples=init_samples, generator=generator, seed=seed)

@@ -76,6 +76,7 @@ class PlanToGoalConfig:
     pixel_blur: float = 0.0                # Gaussian sigma (pixels) applied to both images by the pixel cost
     num_model_samples: int = 1             # futures per candidate (stochastic models)
     predict_batch_size: int = 0            # candidates per model call (0 = all)
+    rest_candidate: bool = False           # offer "hold still" (zero action, or the box middle) in every plan
     gripper: bool = False                  # script the gripper (close below gripper_z) instead of planning it
     gripper_z: float = 0.08
     max_steps: int = 50                    # control steps per episode
@@ -192,11 +193,16 @@ def _build_agent(cfg: PlanToGoalConfig, model: Any, env: Any, record_model: Any 
     if cfg.cost == "pixel" and cfg.pixel_blur > 0:
         from agents.costs import PixelCost
         cost = (lambda goal: PixelCost(goal, weighting=cfg.cost_weighting, blur=cfg.pixel_blur))
+    rest = None
+    if cfg.rest_candidate:
+        lo, hi = np.asarray(low, np.float32), np.asarray(high, np.float32)
+        rest = np.where((lo <= 0) & (hi >= 0), 0.0, (lo + hi) / 2).astype(np.float32)  # still, where 0 is allowed
     return VisualMPC(model, optimizer, horizon=cfg.horizon, action_low=low, action_high=high, cost=cost,
                      cost_weighting=cfg.cost_weighting, action_repeat=cfg.action_repeat,
                      replan_every=cfg.replan_every, num_model_samples=cfg.num_model_samples, gripper=gripper,
                      record=cfg.videos if record is None else record, record_model=record_model,
-                     predict_batch_size=cfg.predict_batch_size or None, before_plan=before_plan, seed=cfg.seed)
+                     predict_batch_size=cfg.predict_batch_size or None, before_plan=before_plan, rest_action=rest,
+                     seed=cfg.seed)
 
 
 METAWORLD_KEYS = ("success", "success_final", "final_pixel_distance", "initial_pixel_distance",

@@ -246,3 +246,13 @@ def test_recorded_video_of_a_latent_rollout_is_the_scored_sample():
     expected = model.predict_embedding_frames(ctx, plan, seed=2)[0, 0]
     assert np.array_equal(rec.imagined, (expected.movedim(1, -1) * 255).round().byte().numpy())
     assert float(agent.cost(model.predict_embeddings(ctx, plan, seed=2))) == pytest.approx(rec.cost, rel=1e-4)
+
+
+def test_rest_action_reaches_the_planner_without_the_scripted_gripper_dim():
+    model = CopyLastFrame(CopyLastConfig(image_size=8, action_dim=3, context_frames=1))
+    grip = GripperHeuristic(action_index=2, state_index=0, z_threshold=5.0, closed=1.0, open=-1.0)
+    agent = VisualMPC(model, CEM(num_samples=8, iterations=1, min_elites=2), horizon=2, action_low=-np.ones(3),
+                      action_high=np.ones(3), gripper=grip, rest_action=[0.25, -0.5, 1.0], seed=0)
+    assert agent.planner.rest_action.tolist() == [0.25, -0.5]
+    assert VisualMPC(model, CEM(num_samples=8), horizon=2, action_low=-np.ones(3),
+                     action_high=np.ones(3)).planner.rest_action is None

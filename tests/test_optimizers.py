@@ -279,3 +279,32 @@ def test_warm_started_plan_scores_no_sequence_twice(name):
     rows = torch.cat(obj.seen).flatten(1)  # every sequence scored in the warm-started plan
     assert rows.shape[0] == res.num_evaluations
     assert torch.unique(rows, dim=0).shape[0] == rows.shape[0]
+
+
+# ---------------------------------------------------------------------------------------------- rest candidate
+@pytest.mark.parametrize("name", ["random", "cem", "icem", "mppi"])
+def test_rest_action_is_offered_in_every_plan_so_an_agent_at_its_goal_stays(name):
+    """Cost = distance of every step from where the robot already is (at the goal): only holding still is free.
+    The box is asymmetric, so its middle (the samplers' first mean) moves the robot; a wide sampling
+    distribution never draws "still" by chance, and with ``rest_action`` the planner returns it."""
+    def at_goal(a):
+        return a.pow(2).sum((1, 2))
+
+    low, high = torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 3.0])
+    kw = {} if name == "random" else {"init_std": 1.0}
+    for rest, expect_zero in ((None, False), (torch.zeros(A), True)):
+        p = TrajectoryPlanner(make_optimizer(name, num_samples=32, iterations=2, **kw), horizon=6, action_low=low,
+                              action_high=high, action_repeat=2, rest_action=rest)
+        for step in range(3):  # the first plan (no warm start) and later ones (after the shift)
+            res = p.plan(at_goal, seed=step)
+            assert (res.cost == 0.0) == expect_zero, (name, rest, step, res.cost)
+            p.advance(2)
+        if expect_zero:
+            assert torch.equal(res.actions, torch.zeros(6, A))
+
+
+def test_rest_action_must_be_an_action_inside_the_bounds():
+    with pytest.raises(ValueError, match="rest_action must be an action"):
+        TrajectoryPlanner(CEM(num_samples=8), horizon=4, action_low=LOW, action_high=HIGH, rest_action=[0.0, 2.0])
+    with pytest.raises(ValueError, match="rest_action must be an action"):
+        TrajectoryPlanner(CEM(num_samples=8), horizon=4, action_low=LOW, action_high=HIGH, rest_action=[0.0])
