@@ -51,6 +51,7 @@ MODELS = Registry("world-model", {
     "harp": "foresight.models.harp",
     "ghvae": "foresight.models.ghvae",
     "videogpt": "foresight.models.videogpt",
+    "video_vqvae": "foresight.models.video_vqvae",
     "copy_last": "foresight.models.baselines",
     "conv": "foresight.models.baselines",
 })
