@@ -149,7 +149,8 @@ def build_model(run: RunConfig, model_config: Any, overrides: dict[str, Any] | N
 
 
 def previous_stage_result(run_dir: Path, stage: str) -> Path | None:
-    """``<run_dir>/<stage>/checkpoints/last`` when that stage finished (its last step is its configured steps)."""
+    """``<run_dir>/<stage>/checkpoints/last`` when that stage finished (its configured steps, or its
+    ``train.max_minutes`` budget, reached)."""
     last = run_dir / stage / "checkpoints" / ckpt.LAST_LINK
     if not (last / "config.json").is_file():
         return None
@@ -157,7 +158,7 @@ def previous_stage_result(run_dir: Path, stage: str) -> Path | None:
     if state.is_file():
         info = json.loads(state.read_text())
         steps = info.get("train_config", {}).get("steps")
-        if steps is not None and int(info.get("step", 0)) < int(steps):
+        if not info.get("finished", False) and steps is not None and int(info.get("step", 0)) < int(steps):
             raise UsageError(
                 f"stage {stage!r} in {run_dir / stage} stopped at step {info.get('step')} of {steps}: finish it "
                 f"first (rerun with --stage {stage} and the same run_dir), or pass --init <dir>")

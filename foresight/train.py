@@ -54,6 +54,7 @@ class TrainConfig:
     """Optimisation and bookkeeping settings shared by all models."""
 
     steps: int = 1000                 # optimizer steps to train (total, across resumes)
+    max_minutes: float = 0.0          # budget in minutes of training steps across resumes (0: none); stops at steps or budget
     batch_size: int = 16              # clips per process per micro-batch
     grad_accum: int = 1               # micro-batches per optimizer step
     lr: float = 3e-4                  # peak learning rate
@@ -95,6 +96,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ConfigError(f"{name}: expected an int >= 0 (0 disables), got {value!r}")
+        if isinstance(self.max_minutes, bool) or not isinstance(self.max_minutes, numbers.Real) \
+                or not self.max_minutes >= 0:
+            raise ConfigError(f"max_minutes: expected minutes >= 0 (0: no budget), got {self.max_minutes!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay: expected a value in [0, 1) (0 disables), got {self.ema_decay!r}")
 
@@ -237,10 +241,12 @@ def _accumulate(totals: dict[str, float], loss: torch.Tensor, metrics: dict[str,
             totals[k] = totals.get(k, 0.0) + float(v) * weight
 
 
-def _lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+def _lr_factor(step: int, *, warmup: int, total: int, min_ratio: float, time_progress: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps, then a cosine to ``min_ratio`` at the end of training: at step
+    ``total`` or, with a wall-clock budget, when ``time_progress`` (the budget's fraction used) reaches 1."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_progress))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -334,9 +340,13 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, params, self.config.weight_decay), lr=self.config.lr, betas=self.config.betas,
             fused=self.device.type == "cuda")
+        # Wall time spent in training steps (data, forward, backward, update; not evaluation or checkpoints), across
+        # resumes: what ``max_minutes`` budgets. The cosine follows the budget or the steps, whichever is ahead.
+        self.train_seconds = 0.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: _lr_factor(s, warmup=self.config.warmup_steps, total=self.config.steps,
-                                                 min_ratio=self.config.min_lr_ratio))
+                                                 min_ratio=self.config.min_lr_ratio,
+                                                 time_progress=self._time_progress()))
         self.ema: dict[str, torch.Tensor] | None = None
         if self.config.ema_decay > 0:
             self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
@@ -374,8 +384,28 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
+    def _time_progress(self) -> float:
+        """The fraction of the ``max_minutes`` budget used (0 without a budget)."""
+        budget = self.config.max_minutes * 60
+        return self.train_seconds / budget if budget > 0 else 0.0
+
+    @property
+    def finished(self) -> bool:
+        """``config.steps`` reached, or the ``max_minutes`` budget spent."""
+        return self.step >= self.config.steps or self._time_progress() >= 1.0
+
+    def _out_of_time(self) -> bool:
+        if self.config.max_minutes <= 0:
+            return False
+        spent = self._time_progress() >= 1.0
+        if self.distributed:  # clocks differ between ranks: stop together when rank 0's budget is spent
+            flag = torch.tensor([float(spent)], device=self.device)
+            dist.broadcast(flag, src=0)
+            spent = bool(flag.item())
+        return spent
+
     def fit(self) -> dict[str, float]:
-        """Train until ``config.steps``; returns the last logged metrics."""
+        """Train until ``config.steps`` or the ``max_minutes`` budget; returns the last logged metrics."""
         cfg = self.config
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -391,8 +421,10 @@ class Trainer:
         window: dict[str, float] = {}
         window_n, t0, samples = 0, time.perf_counter(), 0
         self.module.train()
-        while self.step < cfg.steps:
+        out_of_time = self._out_of_time()
+        while self.step < cfg.steps and not out_of_time:
             metrics = self._train_step(data)
+            out_of_time = self._out_of_time()
             samples += cfg.batch_size * cfg.grad_accum * self.world_size
             for k, v in metrics.items():
                 window[k] = window.get(k, 0.0) + v
@@ -401,13 +433,13 @@ class Trainer:
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            final = self.step == cfg.steps or out_of_time
+            if self.step % cfg.log_every == 0 or final:
                 elapsed = time.perf_counter() - t0
                 last = {k: v / window_n for k, v in window.items()}
                 last.update(lr=self.scheduler.get_last_lr()[0], samples_per_s=samples / max(elapsed, 1e-9))
                 self._log("train", last)
                 window, window_n, t0, samples = {}, 0, time.perf_counter(), 0
-            final = self.step == cfg.steps
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or final:
                 self.evaluate()
             if (cfg.sample_every and self.step % cfg.sample_every == 0) or final:
@@ -420,6 +452,7 @@ class Trainer:
 
     def _train_step(self, data: Iterator[Any]) -> dict[str, float]:
         cfg = self.config
+        started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
@@ -436,6 +469,7 @@ class Trainer:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         self.optimizer.step()
+        self.train_seconds += time.perf_counter() - started  # before the scheduler: its cosine reads the budget
         self.scheduler.step()
         if self.ema is not None:
             with torch.no_grad():
@@ -578,6 +612,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "rng": _rng_state(),
                 "stage": self.stage,
+                "train_seconds": self.train_seconds,
             }
             if self.ema is not None:
                 state["ema"] = self.ema
@@ -585,6 +620,7 @@ class Trainer:
             torch.save(state, state_dir / "state.pt")
             (state_dir / "trainer.json").write_text(json.dumps(
                 {"step": self.step, "position": self.position, "stage": self.stage,
+                 "train_seconds": round(self.train_seconds, 3), "finished": self.finished,
                  "train_config": to_dict(self.config)}, indent=2) + "\n")
         ckpt.update_last_link(self.ckpt_dir, step_dir)
         for old in ckpt.list_checkpoints(self.ckpt_dir)[:-max(1, self.config.keep_checkpoints)]:
@@ -642,6 +678,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         self.step, self.position = int(state["step"]), int(state["position"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         if self.is_main:
             self._truncate_metrics(self.step)
             print(f"[foresight] resumed from {step_dir} at step {self.step}")

@@ -200,3 +200,47 @@ def test_sample_videos_come_from_clips_when_the_stage_trains_on_a_cache(tmp_path
     assert "frames" not in trainer.train_dataset[0]  # the transformer trains on cached codes
     trainer.fit()
     assert list((tmp_path / "tr" / "videos").glob("*.png"))
+
+
+def test_max_minutes_budget_stops_training_ends_the_cosine_and_is_kept_across_resumes(tmp_path, monkeypatch):
+    import time as time_module
+
+    clock = {"t": 0.0}
+
+    def fake_perf_counter():  # every reading advances 0.5 s: each training step "takes" 0.5 s
+        clock["t"] += 0.5
+        return clock["t"]
+
+    monkeypatch.setattr(time_module, "perf_counter", fake_perf_counter)
+    data = SyntheticClips(16, image_size=16, future_frames=3)
+    cfg = train_config(steps=1000, max_minutes=0.05, warmup_steps=0, min_lr_ratio=0.1)  # 3 s = 6 steps of 0.5 s
+    trainer = Trainer(make_model(), data, config=cfg, run_dir=tmp_path / "run")
+    trainer.fit()
+    assert trainer.step == 6 and trainer.finished and trainer.train_seconds == pytest.approx(3.0)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r["split"] == "train"]
+    assert lrs[-1] == pytest.approx(cfg.lr * cfg.min_lr_ratio)  # the cosine followed the budget, not the 1000 steps
+    assert lrs[0] < cfg.lr and lrs == sorted(lrs, reverse=True)
+    info = json.loads((tmp_path / "run" / "checkpoints" / "last" / "training_state" / "trainer.json").read_text())
+    assert info["step"] == 6 and info["finished"] is True and info["train_seconds"] == pytest.approx(3.0)
+
+    again = Trainer(make_model(), data, config=cfg, run_dir=tmp_path / "run")  # resumes with the budget spent
+    assert again.step == 6 and again.finished
+    again.fit()
+    assert again.step == 6 and len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == len(rows)
+
+    sys.path.insert(0, str(REPO))
+    from experiments.train_world_model import previous_stage_result
+
+    stage_dir = tmp_path / "stages"
+    (stage_dir).mkdir()
+    os.symlink(tmp_path / "run", stage_dir / "module1")
+    assert previous_stage_result(stage_dir, "module1") is not None  # a budget-finished stage counts as finished
+
+
+def test_max_minutes_must_be_a_non_negative_number():
+    from foresight.config import ConfigError
+
+    for bad in (-1.0, True, "soon"):
+        with pytest.raises(ConfigError, match="max_minutes"):
+            TrainConfig(max_minutes=bad)
