@@ -54,6 +54,8 @@ from metaworld.policies import ENV_POLICY_MAP
 
 __all__ = [
     "MT50_TASKS",
+    "MT50_DIFFICULTY",
+    "difficulty_of",
     "MT10_TASKS",
     "CameraConfig",
     "DEFAULT_CAMERA",
@@ -70,6 +72,31 @@ __all__ = [
 warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
 
 MT50_TASKS: tuple[str, ...] = tuple(sorted(ALL_V3_ENVIRONMENTS))  # the 50 v3 task names, alphabetical
+# The difficulty groups MT50 results are reported by (Seo et al. 2022, "Masked World Models"; LeRobot's Meta-World
+# evaluation uses the same): 28 easy, 11 medium, 6 hard, 5 very hard tasks.
+MT50_DIFFICULTY: dict[str, tuple[str, ...]] = {
+    "easy": tuple(f"{t}-v3" for t in (
+        "button-press", "button-press-topdown", "button-press-topdown-wall", "button-press-wall", "coffee-button",
+        "dial-turn", "door-close", "door-lock", "door-open", "door-unlock", "drawer-close", "drawer-open",
+        "faucet-close", "faucet-open", "handle-press", "handle-press-side", "handle-pull", "handle-pull-side",
+        "lever-pull", "plate-slide", "plate-slide-back", "plate-slide-back-side", "plate-slide-side", "reach",
+        "reach-wall", "window-close", "window-open", "peg-unplug-side")),
+    "medium": tuple(f"{t}-v3" for t in (
+        "basketball", "bin-picking", "box-close", "coffee-pull", "coffee-push", "hammer", "peg-insert-side",
+        "push-wall", "soccer", "sweep", "sweep-into")),
+    "hard": tuple(f"{t}-v3" for t in ("assembly", "hand-insert", "pick-out-of-hole", "pick-place", "push", "push-back")),
+    "very_hard": tuple(f"{t}-v3" for t in ("shelf-place", "disassemble", "stick-pull", "stick-push", "pick-place-wall")),
+}
+
+
+def difficulty_of(task: str) -> str:
+    """The MT50 difficulty group (easy / medium / hard / very_hard) of a v3 task name."""
+    for group, tasks in MT50_DIFFICULTY.items():
+        if task in tasks:
+            return group
+    raise ValueError(f"unknown Meta-World v3 task {task!r}; expected one of MT50_TASKS")
+
+
 # Meta-World's MT10 subset: a diverse 10-task set for small datasets and quick experiments.
 MT10_TASKS: tuple[str, ...] = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
                                "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3",

@@ -27,6 +27,7 @@ import numpy as np
 
 from envs.demos import TEST_EVERY
 from envs.metaworld import MT50_TASKS, expert_policy, make_env
+from foresight.metrics.intervals import wilson_interval
 
 __all__ = ["EpisodeResult", "ExpertPolicyFactory", "evaluate_policy", "summarize", "held_out_variation"]
 
@@ -156,7 +157,8 @@ def evaluate_policy(
 
 
 def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
-    """Per-task success rates and their mean (the MT50 number), plus per-episode rows (no frames)."""
+    """Per-task success rates with 95 % Wilson intervals and their mean (the MT50 number, with the interval of
+    all trials pooled), plus per-episode rows (no frames)."""
     per_task: dict[str, dict[str, Any]] = {}
     for r in results:
         row = per_task.setdefault(r.task, {"successes": 0, "trials": 0, "steps": []})
@@ -165,10 +167,13 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         row["steps"].append(r.steps)
     for row in per_task.values():
         row["success_rate"] = row["successes"] / row["trials"]
+        row["ci95"] = list(wilson_interval(row["successes"], row["trials"]))
         row["mean_steps"] = float(np.mean(row.pop("steps")))
     rates = [row["success_rate"] for row in per_task.values()]
+    successes = sum(row["successes"] for row in per_task.values())
     return {
         "mean_success": float(np.mean(rates)) if rates else float("nan"),
+        "success_ci95": list(wilson_interval(successes, len(results))),  # pooled over all trials
         "num_tasks": len(per_task),
         "trials_per_task": max((row["trials"] for row in per_task.values()), default=0),
         "per_task": per_task,

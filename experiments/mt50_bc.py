@@ -14,7 +14,8 @@ Stages, each skipped when its output exists, so a killed run continues where it 
    CNN-Transformer; translation augmentation m=4;
 4. evaluate each policy on held-out task variations (``envs.mt50_eval``: success at any step within
    ``eval_max_steps``), in worker processes;
-5. write ``results.md``, ``results.csv`` and ``results.png`` (mean +- std over seeds, next to the paper's
+5. write ``results.md``, ``results.csv``, ``results.json`` and ``results.png`` (success with 95 % Wilson intervals,
+   mean +- std over seeds when there are several, per task and per difficulty group, next to the paper's
    Table 3), per-episode ``eval/<method>_seed<k>.json`` and rollout GIFs under ``videos/``.
 
 What the CPU default runs is printed at the start and written at the top of ``results.md``; it is a
@@ -33,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
@@ -265,41 +266,86 @@ def evaluate(cfg: MT50BCConfig, run_dir: Path, method: str, seed: int, policy_di
 # ---------------------------------------------------------------------------------------------------- report
 
 
+def _fmt(summary: dict[str, Any]) -> str:
+    """``0.32 [0.17, 0.51] (8/25)`` (+ ``; seeds 0.31 +- 0.04``): the pooled rate, its 95 % Wilson interval, counts."""
+    lo, hi = summary["ci95"]
+    text = f"{summary['rate']:.2f} [{lo:.2f}, {hi:.2f}] ({summary['successes']}/{summary['trials']})"
+    if "seed_std" in summary:
+        text += f"; seeds {summary['seed_mean']:.2f} +- {summary['seed_std']:.2f}"
+    return text
+
+
+def summarize_method(runs: list[dict[str, Any]], tasks: Sequence[str]) -> dict[str, Any]:
+    """One method's evaluations (one per seed) -> pooled success with intervals, overall, per task, per group.
+
+    ``overall`` pools every trial of every task and seed (tasks weigh the same: each has the same trials), with
+    the per-seed mean success's mean +- std when there are several seeds; ``per_task`` and ``per_group`` (Meta-World
+    difficulty groups present among ``tasks``) pool that task's / group's trials over seeds."""
+    from envs.metaworld import MT50_DIFFICULTY
+    from foresight.metrics.intervals import success_summary
+
+    def pooled(names: Sequence[str], seed_rates: list[float] | None = None) -> dict[str, Any]:
+        k = sum(r["per_task"][t]["successes"] for r in runs for t in names)
+        n = sum(r["per_task"][t]["trials"] for r in runs for t in names)
+        return success_summary(k, n, seed_rates)
+
+    groups = {g: [t for t in tasks if t in members] for g, members in MT50_DIFFICULTY.items()}
+    return {"seeds": len(runs),
+            "overall": pooled(tasks, [float(r["mean_success"]) for r in runs]),
+            "per_task": {t: pooled([t], [float(r["per_task"][t]["success_rate"]) for r in runs]) for t in tasks},
+            "per_group": {g: pooled(ts, [float(np.mean([r["per_task"][t]["success_rate"] for t in ts]))
+                                         for r in runs]) for g, ts in groups.items() if ts}}
+
+
 def write_report(cfg: MT50BCConfig, run_dir: Path, evals: dict[str, list[dict[str, Any]]],
                  timings: dict[str, float]) -> str:
+    """results.md (tables with 95 % Wilson intervals), results.csv, results.json and results.png (whiskers)."""
     tasks = _tasks(cfg)
-    rows = []
-    for method, runs in evals.items():
-        means = [r["mean_success"] for r in runs]
-        per_task = {t: float(np.mean([r["per_task"][t]["success_rate"] for r in runs])) for t in tasks}
-        rows.append({"method": method, "mean": float(np.mean(means)), "std": float(np.std(means)),
-                     "seeds": len(runs), "per_task": per_task})
+    rows = [{"method": method, **summarize_method(runs, tasks)} for method, runs in evals.items()]
     protocol = (f"{len(tasks)} task(s) ({'all MT50' if len(tasks) == 50 else ', '.join(tasks)}), "
                 f"{cfg.demos_per_task} demos per task (10% held out), {cfg.eval_trials} held-out trial(s) per task, "
                 f"success within {cfg.eval_max_steps} steps, {len(cfg.seeds)} seed(s); HARP pretrained "
                 f"{'from ' + cfg.world_model if cfg.world_model else f'here ({cfg.harp_preset} preset, 1+{cfg.future_frames} frames, {cfg.tokenizer.steps}+{cfg.transformer.steps} steps)'}; "
                 f"BC {cfg.bc.steps} steps x batch {cfg.bc.batch_size}, augmentation m={cfg.augment_shift}.")
     lines = [f"# MT50 imitation results (preset `{cfg.preset_name}`)", "", f"Protocol: {protocol}", "",
-             "| method | success (mean +- std over seeds) | paper Table 3 (MT50, 50 tasks) |", "|---|---|---|"]
+             "Success rate pooled over all trials [95 % Wilson interval] (successes / trials); with several seeds "
+             "also the mean +- std of the per-seed success.", "",
+             "| method | success | paper Table 3 (MT50, 50 tasks, mean +- std over 5 seeds) |", "|---|---|---|"]
     for row in rows:
         paper = PAPER_TABLE3.get(row["method"])
-        lines.append(f"| {METHOD_NAMES[row['method']]} | {row['mean']:.3f} +- {row['std']:.3f} ({row['seeds']} seed(s)) "
-                     f"| {paper[0]:.2f} +- {paper[1]:.3f} |")
-    lines += ["", "Per task (mean over seeds):", "", "| task | " + " | ".join(METHOD_NAMES[r["method"]] for r in rows) + " |",
-              "|---|" + "---|" * len(rows)]
+        lines.append(f"| {METHOD_NAMES[row['method']]} | {_fmt(row['overall'])} | {paper[0]:.2f} +- {paper[1]:.3f} |")
+    if len(rows) > 1:
+        best = max(rows, key=lambda r: r["overall"]["rate"])
+        others = [r for r in rows if r is not best]
+        apart = [r for r in others if r["overall"]["ci95"][1] < best["overall"]["ci95"][0]]
+        lines += ["", f"{METHOD_NAMES[best['method']]} has the highest rate; its interval lies above that of "
+                  + (", ".join(METHOD_NAMES[r["method"]] for r in apart) if apart else "no other method")
+                  + (f" and overlaps {', '.join(METHOD_NAMES[r['method']] for r in others if r not in apart)}"
+                     if len(apart) < len(others) else "") + "."]
+    header = "| {} | " + " | ".join(METHOD_NAMES[r["method"]] for r in rows) + " |"
+    rule = "|---|" + "---|" * len(rows)
+    if len(rows[0]["per_group"]) > 1:
+        lines += ["", "Per Meta-World difficulty group:", "", header.format("group"), rule]
+        for g in rows[0]["per_group"]:
+            lines.append(f"| {g} | " + " | ".join(_fmt(r["per_group"][g]) for r in rows) + " |")
+    lines += ["", "Per task:", "", header.format("task"), rule]
     for t in tasks:
-        lines.append(f"| {t} | " + " | ".join(f"{r['per_task'][t]:.2f}" for r in rows) + " |")
+        lines.append(f"| {t} | " + " | ".join(_fmt(r["per_task"][t]) for r in rows) + " |")
     lines += ["", "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), ""]
     text = "\n".join(lines)
     atomic_write_text(run_dir / "results.md", text)
+    atomic_write_json(run_dir / "results.json", {"protocol": protocol, "methods": rows, "timings": timings})
 
     with atomic_path(run_dir / "results.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "mean_success", "std", "seeds", "paper_mean", "paper_std", *tasks])
+        w.writerow(["method", "success", "ci95_low", "ci95_high", "successes", "trials", "seeds", "seed_mean",
+                    "seed_std", "paper_mean", "paper_std", *tasks])
         for r in rows:
+            o = r["overall"]
             paper = PAPER_TABLE3.get(r["method"], (float("nan"), float("nan")))
-            w.writerow([r["method"], f"{r['mean']:.4f}", f"{r['std']:.4f}", r["seeds"], paper[0], paper[1],
-                        *[f"{r['per_task'][t]:.4f}" for t in tasks]])
+            w.writerow([r["method"], f"{o['rate']:.4f}", f"{o['ci95'][0]:.4f}", f"{o['ci95'][1]:.4f}", o["successes"],
+                        o["trials"], r["seeds"], f"{o.get('seed_mean', o['rate']):.4f}", f"{o.get('seed_std', 0.0):.4f}",
+                        paper[0], paper[1], *[f"{r['per_task'][t]['rate']:.4f}" for t in tasks]])
     _bar_chart(run_dir / "results.png", rows, cfg)
     return text
 
@@ -312,16 +358,21 @@ def _bar_chart(path: Path, rows: list[dict[str, Any]], cfg: MT50BCConfig) -> Non
 
     names = [METHOD_NAMES[r["method"]] for r in rows]
     x = np.arange(len(rows))
+    rate = np.array([r["overall"]["rate"] for r in rows])
+    lo = np.array([r["overall"]["ci95"][0] for r in rows])
+    hi = np.array([r["overall"]["ci95"][1] for r in rows])
+    trials = rows[0]["overall"]["trials"] if rows else 0
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ax.bar(x - 0.2, [r["mean"] for r in rows], 0.4, yerr=[r["std"] for r in rows], capsize=3,
-           label=f"this run ({len(_tasks(cfg))} tasks, {cfg.eval_trials} trials)")
+    ax.bar(x - 0.2, rate, 0.4, yerr=np.stack([rate - lo, hi - rate]), capsize=3,
+           label=f"this run ({len(_tasks(cfg))} tasks, {trials} trials per method; 95 % Wilson interval)")
     ax.bar(x + 0.2, [PAPER_TABLE3[r["method"]][0] for r in rows], 0.4,
-           yerr=[PAPER_TABLE3[r["method"]][1] for r in rows], capsize=3, label="HARP paper, Table 3 (MT50)")
+           yerr=[PAPER_TABLE3[r["method"]][1] for r in rows], capsize=3, label="HARP paper, Table 3 (MT50; std)")
     ax.set_xticks(x, names, rotation=10)
     ax.set_ylabel("success rate")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.25)  # headroom above 1 for the legend, so it never covers a bar
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_title(f"MT50 imitation, preset '{cfg.preset_name}'")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp)

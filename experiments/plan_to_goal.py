@@ -47,6 +47,7 @@ from agents.optimizers import make_optimizer
 from foresight.checkpoint import atomic_path, atomic_write_bytes, atomic_write_json
 from experiments.common import UsageError, cli_main
 from foresight.config import build_config, dump_yaml, to_dict
+from foresight.metrics.intervals import wilson_interval
 
 TASKS5 = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3", "door-open-v3", "push-v3")
 
@@ -380,17 +381,6 @@ def run_robonet(cfg: PlanToGoalConfig, device: torch.device, run_dir: Path) -> d
     print(json.dumps(info["aggregated"]["overall"], indent=2))
     print(f"wrote {run_dir / 'eval_info.json'}")
     return info
-
-
-def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a success rate (well behaved at 0 and 1 successes, unlike the normal one)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
 def _success_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -67,3 +67,39 @@ def test_uses_exactly_demos_per_task_of_a_fuller_collection(tmp_path):
     # variations 0..11 of each task, in task then variation order (not the order the workers finished in)
     assert train == [(t, v) for t in tasks for v in (*range(9), 10, 11)]
     assert test == [(t, 9) for t in tasks]
+
+
+def _fake_eval(rates: dict, trials: int) -> dict:
+    per_task = {t: {"successes": round(r * trials), "trials": trials, "success_rate": round(r * trials) / trials}
+                for t, r in rates.items()}
+    return {"mean_success": sum(v["success_rate"] for v in per_task.values()) / len(per_task), "per_task": per_task}
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_results_report_intervals_with_one_and_several_seeds(tmp_path, seeds):
+    from experiments import mt50_bc
+    from foresight.config import merge, preset
+
+    tasks = ("reach-v3", "drawer-close-v3", "push-v3")  # two difficulty groups: easy, hard
+    cfg = merge(preset(mt50_bc.MT50BCConfig, "tiny"), {"tasks": tasks, "eval_trials": 10,
+                                                       "seeds": tuple(range(seeds)), "preset_name": "tiny"})
+    harp = [_fake_eval({"reach-v3": 1.0, "drawer-close-v3": 0.9, "push-v3": 0.6 + 0.1 * s}, 10) for s in range(seeds)]
+    vqt = [_fake_eval({"reach-v3": 0.2, "drawer-close-v3": 0.1, "push-v3": 0.0}, 10) for _ in range(seeds)]
+    text = mt50_bc.write_report(cfg, tmp_path, {"harp": harp, "vq_transformer": vqt}, {"collect": 1.0})
+    result = json.loads((tmp_path / "results.json").read_text())
+    h, v = result["methods"]
+    n = 30 * seeds
+    assert h["overall"]["trials"] == n and v["overall"]["successes"] == 3 * seeds
+    lo, hi = h["overall"]["ci95"]
+    assert lo < h["overall"]["rate"] < hi and v["overall"]["ci95"][1] < lo  # HARP's interval lies above
+    assert "its interval lies above that of VQ-Transformer" in text
+    assert set(h["per_group"]) == {"easy", "hard"} and h["per_group"]["easy"]["trials"] == 20 * seeds
+    if seeds == 1:
+        assert "seed_std" not in h["overall"] and "; seeds " not in text
+        assert h["per_task"]["reach-v3"]["ci95"] == pytest.approx([0.7225, 1.0], abs=1e-3)  # 10/10
+    else:
+        assert h["overall"]["seeds"] == seeds and h["overall"]["seed_std"] > 0 and v["overall"]["seed_std"] == 0
+        assert "; seeds " in text
+    csv_header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    assert csv_header[:6] == ["method", "success", "ci95_low", "ci95_high", "successes", "trials"]
+    assert (tmp_path / "results.png").stat().st_size > 0 and "| easy |" in text and "| push-v3 |" in text

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from experiments import plan_to_goal
-from experiments.plan_to_goal import aggregate_metaworld, wilson_interval
+from experiments.plan_to_goal import aggregate_metaworld
+from foresight.metrics import wilson_interval
 
 
 def test_wilson_interval_known_values():

@@ -8,6 +8,7 @@ file of your own via the `weights=` / `path=` arguments or $FORESIGHT_LPIPS_WEIG
 from .fvd import fvd, frechet_distance, i3d_features, feature_stats, preprocess_for_i3d
 from .i3d import InceptionI3d, load_i3d
 from .image import psnr, ssim
+from .intervals import success_summary, wilson_interval
 from .lpips import LPIPS
 from .protocol import evaluate_predictions
 from .weights import WeightsNotFoundError, find_i3d_weights, find_lpips_backbone
@@ -15,6 +16,8 @@ from .weights import WeightsNotFoundError, find_i3d_weights, find_lpips_backbone
 __all__ = [
     "psnr",
     "ssim",
+    "wilson_interval",
+    "success_summary",
     "LPIPS",
     "InceptionI3d",
     "load_i3d",
