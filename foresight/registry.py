@@ -52,6 +52,7 @@ MODELS = Registry("world-model", {
     "ghvae": "foresight.models.ghvae",
     "videogpt": "foresight.models.videogpt",
     "video_vqvae": "foresight.models.video_vqvae",
+    "hier_vrnn": "foresight.models.hier_vrnn",
     "copy_last": "foresight.models.baselines",
     "conv": "foresight.models.baselines",
 })
