@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import foresight
-from foresight.models.harp.model import CachedCodes
+from foresight.data.cache import CachedCodes
 from foresight.models.video_vqvae import VideoVQVAE, VideoVQVAEConfig
 from foresight.models.video_vqvae.model import step_actions
 from foresight.models.video_vqvae.pixelcnn import MaskedConv3d

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import foresight
-from foresight.models.harp.model import CachedCodes
+from foresight.data.cache import CachedCodes
 from foresight.models.videogpt import VideoGPT, VideoGPTConfig
 from foresight.models.videogpt import prior as prior_module
 from foresight.models.videogpt.prior import sample_future_codes

@@ -20,27 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from foresight.data.cache import gather_clips  # noqa: F401  (re-exported: GHVAE caches through it)
+
 __all__ = ["FeatureCacheDataset", "gather_clips", "clip_frame_index"]
-
-
-def gather_clips(dataset: Any, indices: Sequence[int]) -> dict[str, Any]:
-    """A batch dict of clips ``indices`` of ``dataset``, un-augmented (``get_batch`` when the dataset has it)."""
-    idx = np.asarray(indices, dtype=np.int64)
-    get_batch = getattr(dataset, "get_batch", None)
-    if get_batch is not None:
-        try:
-            return get_batch(idx, augment=False)
-        except TypeError:  # a get_batch without the augment switch
-            return get_batch(idx)
-    items = [dataset[int(i)] for i in idx]
-    out: dict[str, Any] = {}
-    for key in items[0]:
-        values = [item[key] for item in items]
-        if isinstance(values[0], (Tensor, np.ndarray, int, float)):
-            out[key] = torch.stack([torch.as_tensor(v) for v in values])
-        else:
-            out[key] = values
-    return out
 
 
 def clip_frame_index(dataset: Any) -> tuple[np.ndarray, np.ndarray] | None:

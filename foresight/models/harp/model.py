@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from foresight.data.cache import CachedCodes
 from foresight.models.harp.config import HarpConfig
 from foresight.models.harp.sampling import sample_codes
 from foresight.models.harp.tokenizer import VQGAN
@@ -32,26 +33,6 @@ __all__ = ["Harp", "CachedCodes"]
 
 def _as_float_frames(x: Tensor) -> Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-
-
-class CachedCodes(torch.utils.data.Dataset):
-    """Stage-2 training data: the frozen tokenizer's codes of every clip, computed once.
-
-    Items: ``codes`` int64 [C+F, h, w], ``actions`` float32 [C+F-1, A] (when present), ``context`` uint8
-    [C, 3, H, W] (pixels of the context frames, for the ResNet context features) and ``task`` when present.
-    Augmentation of the source clip dataset is frozen at caching time (one draw per clip).
-    """
-
-    def __init__(self, codes: Tensor, extras: dict[str, Tensor]):
-        self.codes, self.extras = codes, extras
-
-    def __len__(self) -> int:
-        return self.codes.shape[0]
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        item = {"codes": self.codes[i].long()}
-        item.update({k: v[i] for k, v in self.extras.items()})
-        return item
 
 
 @register_model("harp")

@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from foresight.models.ghvae.cache import gather_clips
-from foresight.models.harp.model import CachedCodes
+from foresight.data.cache import CachedCodes, code_dtype, encode_clips
 from foresight.models.video_vqvae.config import VideoVQVAEConfig
 from foresight.models.video_vqvae.pixelcnn import BottomPrior, TopPrior, sample_slice
 from foresight.models.video_vqvae.vqvae import HierarchicalVQVAE
@@ -195,28 +194,20 @@ class VideoVQVAE(WorldModel):
 
     @torch.no_grad()
     def cache_codes(self, dataset: Any, *, batch_size: int = 32) -> CachedCodes:
-        from tqdm.auto import tqdm
+        dtype = code_dtype(self.config.codebook_size)
+
+        def encode(frames: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:  # frames [b, C+F, 3, H, W]
+            bottom, top = self.encode(frames.to(self.device))
+            return {"codes": top.to(dtype), "bottom_codes": bottom.to(dtype)}
 
         was_training = self.training
         self.eval()
-        length = self.context_frames + self.future_frames
-        tops: list[Tensor] = []
-        extras: dict[str, list[Tensor]] = {"bottom_codes": [], "actions": [], "task": []}
-        dtype = torch.int16 if self.config.codebook_size <= 32767 else torch.int32
         try:
-            for start in tqdm(range(0, len(dataset), batch_size), desc="Video VQ-VAE: caching codes", leave=False):
-                batch = gather_clips(dataset, range(start, min(start + batch_size, len(dataset))))
-                frames = _as_float_frames(torch.as_tensor(batch["frames"]))[:, :length]  # [b, C+F, 3, H, W]
-                bottom, top = self.encode(frames.to(self.device))
-                tops.append(top.cpu().to(dtype))
-                extras["bottom_codes"].append(bottom.cpu().to(dtype))
-                if isinstance(batch.get("actions"), Tensor):
-                    extras["actions"].append(batch["actions"].float())
-                if isinstance(batch.get("task"), Tensor):
-                    extras["task"].append(batch["task"])
+            out = encode_clips(dataset, encode, length=self.context_frames + self.future_frames,
+                               batch_size=batch_size, desc="Video VQ-VAE: caching codes")
         finally:
             self.train(was_training)
-        return CachedCodes(torch.cat(tops), {k: torch.cat(v) for k, v in extras.items() if v})
+        return CachedCodes(out.pop("codes"), out)
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, context_frames: Tensor, actions: Tensor | None, num_samples: int,

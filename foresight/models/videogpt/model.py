@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from foresight.models.ghvae.cache import gather_clips
-from foresight.models.harp.model import CachedCodes
+from foresight.data.cache import CachedCodes, code_dtype, encode_clips
 from foresight.models.videogpt.config import VideoGPTConfig
 from foresight.models.videogpt.prior import LatentPrior, sample_future_codes
 from foresight.models.videogpt.vqvae import ClipVQVAE
@@ -148,27 +147,20 @@ class VideoGPT(WorldModel):
 
     @torch.no_grad()
     def cache_codes(self, dataset: Any, *, batch_size: int = 32) -> CachedCodes:
-        from tqdm.auto import tqdm
+        c, length = self.context_frames, self.context_frames + self.future_frames
+        dtype = code_dtype(self.config.codebook_size)
+
+        def encode(frames: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:  # frames [b, C+F, 3, H, W]
+            return {"codes": self.encode(frames.to(self.device)).to(dtype),
+                    "context": (frames[:, :c] * 255).round().to(torch.uint8)}
 
         was_training = self.training
         self.eval()
-        c, length = self.context_frames, self.context_frames + self.future_frames
-        codes: list[Tensor] = []
-        extras: dict[str, list[Tensor]] = {"actions": [], "context": [], "task": []}
-        dtype = torch.int16 if self.config.codebook_size <= 32767 else torch.int32
         try:
-            for start in tqdm(range(0, len(dataset), batch_size), desc="VideoGPT: caching codes", leave=False):
-                batch = gather_clips(dataset, range(start, min(start + batch_size, len(dataset))))
-                frames = _as_float_frames(torch.as_tensor(batch["frames"]))[:, :length]  # [b, C+F, 3, H, W]
-                codes.append(self.encode(frames.to(self.device)).cpu().to(dtype))
-                extras["context"].append((frames[:, :c] * 255).round().to(torch.uint8))
-                if isinstance(batch.get("actions"), Tensor):
-                    extras["actions"].append(batch["actions"].float())
-                if isinstance(batch.get("task"), Tensor):
-                    extras["task"].append(batch["task"])
+            out = encode_clips(dataset, encode, length=length, batch_size=batch_size, desc="VideoGPT: caching codes")
         finally:
             self.train(was_training)
-        return CachedCodes(torch.cat(codes), {k: torch.cat(v) for k, v in extras.items() if v})
+        return CachedCodes(out.pop("codes"), out)
 
     # ------------------------------------------------------------------ prediction
     def _sample(self, context_frames: Tensor, actions: Tensor | None, num_samples: int,

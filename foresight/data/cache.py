@@ -1,0 +1,84 @@
+"""Stage datasets computed once from clip datasets: what a frozen part of a model (a tokenizer, a VQ-VAE) makes of
+every clip, kept in memory and served in place of the clips while the next stage trains.
+
+`gather_clips` reads a batch of clips un-augmented; `encode_clips` runs a model's encoder over a whole clip
+dataset in order and keeps, beside its outputs, the clips' actions and task ids; `CachedCodes` serves discrete
+codes (+ those extras) as a dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["CachedCodes", "gather_clips", "encode_clips", "code_dtype"]
+
+
+class CachedCodes(torch.utils.data.Dataset):
+    """Stage-2 training data: the frozen tokenizer's codes of every clip, computed once.
+
+    Items: ``codes`` int64 [C+F, h, w], ``actions`` float32 [C+F-1, A] (when present), ``context`` uint8
+    [C, 3, H, W] (pixels of the context frames, for the ResNet context features) and ``task`` when present.
+    Augmentation of the source clip dataset is frozen at caching time (one draw per clip).
+    """
+
+    def __init__(self, codes: Tensor, extras: dict[str, Tensor]):
+        self.codes, self.extras = codes, extras
+
+    def __len__(self) -> int:
+        return self.codes.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        item = {"codes": self.codes[i].long()}
+        item.update({k: v[i] for k, v in self.extras.items()})
+        return item
+
+
+def gather_clips(dataset: Any, indices: Sequence[int]) -> dict[str, Any]:
+    """A batch dict of clips ``indices`` of ``dataset``, un-augmented (``get_batch`` when the dataset has it)."""
+    idx = np.asarray(indices, dtype=np.int64)
+    get_batch = getattr(dataset, "get_batch", None)
+    if get_batch is not None:
+        try:
+            return get_batch(idx, augment=False)
+        except TypeError:  # a get_batch without the augment switch
+            return get_batch(idx)
+    items = [dataset[int(i)] for i in idx]
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if isinstance(values[0], (Tensor, np.ndarray, int, float)):
+            out[key] = torch.stack([torch.as_tensor(v) for v in values])
+        else:
+            out[key] = values
+    return out
+
+
+def code_dtype(codebook_size: int) -> torch.dtype:
+    """The smallest integer dtype that stores codes of a codebook of this size (int16 up to 32767 codes)."""
+    return torch.int16 if codebook_size <= 32767 else torch.int32
+
+
+@torch.no_grad()
+def encode_clips(dataset: Any, encode: Callable[[Tensor, dict[str, Any]], dict[str, Tensor]], *, length: int,
+                 batch_size: int = 32, desc: str = "caching") -> dict[str, Tensor]:
+    """``encode(frames [b, length, 3, H, W] float in [0, 1], batch) -> {name: [b, ...]}`` over every clip of
+    ``dataset`` in order (un-augmented, `gather_clips`), concatenated per name on the CPU; the clips' ``actions``
+    (float32) and ``task`` are added when the dataset has them. The caller sets eval mode and the device."""
+    from tqdm.auto import tqdm
+
+    parts: dict[str, list[Tensor]] = {}
+    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, leave=False):
+        batch = gather_clips(dataset, range(start, min(start + batch_size, len(dataset))))
+        frames = torch.as_tensor(batch["frames"])[:, :length]
+        frames = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+        out = dict(encode(frames, batch))
+        for key, cast in (("actions", torch.float32), ("task", None)):
+            if isinstance(batch.get(key), Tensor) and key not in out:
+                out[key] = batch[key] if cast is None else batch[key].to(cast)
+        for key, value in out.items():
+            parts.setdefault(key, []).append(value.detach().cpu())
+    return {key: torch.cat(values) for key, values in parts.items()}
