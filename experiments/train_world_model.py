@@ -44,7 +44,7 @@ from experiments.common import (  # noqa: E402
 class RunConfig:
     """Where and what to train (model and training settings live in their own configs)."""
 
-    model: str = "conv"                 # registered world-model type: harp, ghvae, conv, copy_last
+    model: str = "conv"                 # world-model type: harp, ghvae, videogpt, video_vqvae, hier_vrnn, conv, copy_last
     preset: str = "quick"               # tiny | quick | paper (model and training loop)
     stage: str | None = None            # train only this stage (default: all stages in order)
     init: str | None = None             # start from this saved model dir (default: previous stage in run_dir)
