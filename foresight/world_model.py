@@ -55,6 +55,11 @@ def _describe(x: Any) -> str:
     return f"{type(x).__name__}"
 
 
+def as_float_frames(x: Tensor) -> Tensor:
+    """Frames as float: uint8 [0, 255] -> [0, 1], any other dtype cast to float32 unchanged in value."""
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+
 def check_frames(
     frames: Any,
     *,

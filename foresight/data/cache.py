@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from foresight.world_model import as_float_frames
+
 __all__ = ["CachedCodes", "gather_clips", "encode_clips", "code_dtype"]
 
 
@@ -73,8 +75,7 @@ def encode_clips(dataset: Any, encode: Callable[[Tensor, dict[str, Any]], dict[s
     parts: dict[str, list[Tensor]] = {}
     for start in tqdm(range(0, len(dataset), batch_size), desc=desc, leave=False):
         batch = gather_clips(dataset, range(start, min(start + batch_size, len(dataset))))
-        frames = torch.as_tensor(batch["frames"])[:, :length]
-        frames = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+        frames = as_float_frames(torch.as_tensor(batch["frames"])[:, :length])
         out = dict(encode(frames, batch))
         for key, cast in (("actions", torch.float32), ("task", None)):
             if isinstance(batch.get(key), Tensor) and key not in out:

@@ -26,13 +26,9 @@ from foresight.models.harp.sampling import sample_codes
 from foresight.models.harp.tokenizer import VQGAN
 from foresight.models.harp.transformer import CodeTransformer
 from foresight.registry import register_model
-from foresight.world_model import WorldModel, check_frames
+from foresight.world_model import WorldModel, as_float_frames, check_frames
 
 __all__ = ["Harp", "CachedCodes"]
-
-
-def _as_float_frames(x: Tensor) -> Tensor:
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
 @register_model("harp")
@@ -84,7 +80,7 @@ class Harp(WorldModel):
         frames = batch.get("frames")
         if frames is None:
             raise ValueError("the tokenizer stage trains on clip batches with 'frames' [B, T, 3, H, W]")
-        frames = check_frames(_as_float_frames(frames).to(self.device), name="batch['frames']",
+        frames = check_frames(as_float_frames(frames).to(self.device), name="batch['frames']",
                               image_size=self.image_size, check_range=False)
         k = self.config.tokenizer_frames_per_clip
         if 0 < k < frames.shape[1]:
@@ -98,7 +94,7 @@ class Harp(WorldModel):
         if "codes" in batch:
             codes = batch["codes"].to(self.device).long()
         elif "frames" in batch:
-            codes = self.encode(_as_float_frames(batch["frames"]).to(self.device))
+            codes = self.encode(as_float_frames(batch["frames"]).to(self.device))
         else:
             raise ValueError("the transformer stage expects a batch with 'codes' (from stage_dataset) or 'frames'")
         if codes.ndim != 4 or codes.shape[1] < c + f:
@@ -108,7 +104,7 @@ class Harp(WorldModel):
         context = None
         if self.config.context_resnet:
             context = batch["context"] if "context" in batch else batch["frames"][:, :c]
-            context = _as_float_frames(context).to(self.device)
+            context = as_float_frames(context).to(self.device)
         actions = None
         if self.action_dim > 0:
             if batch.get("actions") is None:
@@ -148,7 +144,7 @@ class Harp(WorldModel):
             for start in tqdm(range(0, len(dataset), batch_size), desc="HARP: caching codes", leave=False):
                 items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
                 frames = torch.stack([torch.as_tensor(it["frames"]) for it in items])  # [b, T, 3, H, W]
-                frames_f = _as_float_frames(frames)
+                frames_f = as_float_frames(frames)
                 codes.append(self.encode(frames_f.to(self.device)).cpu().to(
                     torch.int16 if self.config.codebook_size <= 32767 else torch.int32))
                 if "actions" in items[0] and items[0]["actions"] is not None:
@@ -184,7 +180,7 @@ class Harp(WorldModel):
             codes = []
             for i in tqdm(range(0, len(used), batch_size), desc="HARP: caching frame codes", leave=False):
                 chunk = to_chw(dataset.frames[used[i:i + batch_size]])  # [b, 3, H, W] uint8
-                codes.append(self.encode(_as_float_frames(chunk).to(self.device)).cpu())
+                codes.append(self.encode(as_float_frames(chunk).to(self.device)).cpu())
             dtype = torch.int16 if self.config.codebook_size <= 32767 else torch.int32
             per_frame = torch.cat(codes).to(dtype)  # [U, h, w]
             clip_codes = per_frame[torch.from_numpy(np.searchsorted(used, fidx))]  # [clips, T, h, w]

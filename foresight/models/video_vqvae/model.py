@@ -39,13 +39,9 @@ from foresight.models.video_vqvae.config import VideoVQVAEConfig
 from foresight.models.video_vqvae.pixelcnn import BottomPrior, TopPrior, sample_slice
 from foresight.models.video_vqvae.vqvae import HierarchicalVQVAE
 from foresight.registry import register_model
-from foresight.world_model import WorldModel, check_frames
+from foresight.world_model import WorldModel, as_float_frames, check_frames
 
 __all__ = ["VideoVQVAE", "step_actions"]
-
-
-def _as_float_frames(x: Tensor) -> Tensor:
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
 def step_actions(actions: Tensor, frames_per_step: int) -> Tensor:
@@ -113,7 +109,7 @@ class VideoVQVAE(WorldModel):
         frames = batch.get("frames")
         if frames is None:
             raise ValueError("expected a clip batch with 'frames' [B, C+F, 3, H, W]")
-        frames = check_frames(_as_float_frames(frames).to(self.device), name="batch['frames']",
+        frames = check_frames(as_float_frames(frames).to(self.device), name="batch['frames']",
                               image_size=self.image_size, check_range=False)
         length = self.context_frames + self.future_frames
         if frames.shape[1] < length:

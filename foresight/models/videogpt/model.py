@@ -33,13 +33,9 @@ from foresight.models.videogpt.config import VideoGPTConfig
 from foresight.models.videogpt.prior import LatentPrior, sample_future_codes
 from foresight.models.videogpt.vqvae import ClipVQVAE
 from foresight.registry import register_model
-from foresight.world_model import WorldModel, check_frames
+from foresight.world_model import WorldModel, as_float_frames, check_frames
 
 __all__ = ["VideoGPT"]
-
-
-def _as_float_frames(x: Tensor) -> Tensor:
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
 @register_model("videogpt")
@@ -96,7 +92,7 @@ class VideoGPT(WorldModel):
         frames = batch.get("frames")
         if frames is None:
             raise ValueError("the vqvae stage trains on clip batches with 'frames' [B, C+F, 3, H, W]")
-        frames = check_frames(_as_float_frames(frames).to(self.device), name="batch['frames']",
+        frames = check_frames(as_float_frames(frames).to(self.device), name="batch['frames']",
                               image_size=self.image_size, check_range=False)
         length = self.context_frames + self.future_frames
         if frames.shape[1] < length:
@@ -110,7 +106,7 @@ class VideoGPT(WorldModel):
         if "codes" in batch:
             codes = batch["codes"].to(self.device).long()
         elif "frames" in batch:
-            frames = _as_float_frames(batch["frames"]).to(self.device)
+            frames = as_float_frames(batch["frames"]).to(self.device)
             if frames.ndim != 5 or frames.shape[1] < c + f:
                 raise ValueError(f"batch['frames']: expected [B, >= {c + f}, 3, H, W], got {list(frames.shape)}")
             codes = self.encode(frames[:, :c + f])
@@ -120,7 +116,7 @@ class VideoGPT(WorldModel):
             raise ValueError(f"expected codes [B, >= {steps}, {cfg.grid}, {cfg.grid}], got {list(codes.shape)}")
         codes = codes[:, :steps]
         context = batch["context"] if "context" in batch else batch["frames"][:, :c]
-        context = _as_float_frames(context).to(self.device)
+        context = as_float_frames(context).to(self.device)
         step_actions = None
         if self.action_dim > 0:
             if batch.get("actions") is None:
