@@ -81,6 +81,8 @@ class PlanToGoalConfig:
     gripper: bool = False                  # script the gripper (close below gripper_z) instead of planning it
     gripper_z: float = 0.08
     max_steps: int = 50                    # control steps per episode
+    goal_settle_steps: int = 40            # goal = the expert's frame deepest in success within this many steps
+                                           # of its first success (0: the first successful frame; envs/goals.py)
     image_size: int = 64
     seed: int = 0
     videos: bool = True                    # write real-vs-imagined videos
@@ -435,7 +437,7 @@ def run_metaworld_episode(cfg: PlanToGoalConfig, task: str, variation: int, run_
     from envs.metaworld import make_env
 
     env = make_env(task, image_size=cfg.image_size, variation_seed=variation, max_steps=500)
-    goal = make_goal(task, variation, image_size=cfg.image_size, env=env)
+    goal = make_goal(task, variation, image_size=cfg.image_size, env=env, settle_steps=cfg.goal_settle_steps)
     model, record_model, before_plan = learned, None, None
     if cfg.agent == "mpc" and cfg.model == "simulator":
         model, record_model, before_plan = _make_sim(cfg, env)
@@ -454,7 +456,9 @@ def run_metaworld_episode(cfg: PlanToGoalConfig, task: str, variation: int, run_
         "initial_pixel_distance": _pixel_distance(ep["frames"][0], goal.image),
         "final_pixel_distance": _pixel_distance(ep["frames"][-1], goal.image),
         "initial_state_distance": None, "final_state_distance": _state_distance(final_state, goal.state),
-        "expert_steps_to_goal": int(goal.step),
+        "expert_steps_to_goal": int(goal.first_success),
+        "goal_step": int(goal.step),
+        "goal_success_distance": goal.success_distance,
         "plans": len(plans),
         "plan_seconds_mean": float(np.mean([p.seconds for p in plans])) if plans else 0.0,
         "evaluations_per_plan": float(np.mean([p.evaluations for p in plans])) if plans else 0.0,
@@ -667,6 +671,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = build_config(PlanToGoalConfig, sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(max(cfg.threads, 1))
     device = _device(cfg)
+    if cfg.goal_settle_steps < 0:
+        raise UsageError(f"goal_settle_steps must be >= 0 (0: the expert's first successful frame), "
+                         f"got {cfg.goal_settle_steps}")
     if cfg.robonet_dir and cfg.agent == "mpc" and cfg.model == "simulator":
         raise UsageError("model=simulator cannot plan on RoboNet (a real robot's recording cannot be re-simulated); "
                          "use model=copy_last or a world-model checkpoint")

@@ -150,6 +150,36 @@ def test_expert_demo_and_goal_image_agree():
     assert split_of(9) == "test" and split_of(8) == "train"
 
 
+def test_settled_goal_lies_deeper_in_success():
+    env = make_env("reach-v3", variation_seed=9, image_size=32)
+    ep, first = rollout_expert(env, expert_policy("reach-v3"), success_tail=20)
+    edge = make_goal("reach-v3", 9, env=env)
+    goal = make_goal("reach-v3", 9, env=env, settle_steps=20)
+    assert edge.step == edge.first_success == goal.first_success == first
+    # the expert keeps closing in on the target: the settled goal is a later, strictly deeper frame of the same demo
+    assert first < goal.step <= first + 20
+    assert goal.success_distance < edge.success_distance < 0.05
+    assert ep["success"][goal.step]
+    np.testing.assert_array_equal(goal.image, ep["frames"][goal.step])
+    np.testing.assert_allclose(goal.state, ep["states"][goal.step], rtol=0, atol=1e-6)  # stored as float32
+    with pytest.raises(ValueError, match="settle_steps"):
+        make_goal("reach-v3", 9, env=env, settle_steps=-1)
+    env.close()
+
+
+def test_settled_index_rules():
+    from envs.goals import _settled_index
+
+    def c(step, d):
+        return (step, d, None, None, None)
+
+    assert _settled_index([c(5, 0.04), c(6, 0.03), c(7, 0.03), c(8, 0.035)]) == 1   # smallest, earliest on ties
+    # no usable distance (door-open reports 0): the middle of the first run of consecutive successes
+    assert _settled_index([c(5, 0.0), c(6, 0.0), c(7, 0.0), c(8, 0.0), c(9, 0.0), c(12, 0.0)]) == 2
+    assert _settled_index([c(5, None), c(6, None)]) == 0
+    assert _settled_index([c(5, 0.0)]) == 0
+
+
 def test_image_size_128():
     env = make_env("reach-v3", image_size=128)
     obs = env.reset()[0]
