@@ -318,7 +318,11 @@ class WorldModel(nn.Module, abc.ABC):
 
     def features(self, frames: Tensor, actions: Tensor | None = None) -> Tensor:
         """Causal per-frame features ``[B, T, D]`` of frames ``[B, T, 3, H, W]`` (feature t sees frames <= t
-        and actions < t). Used by behaviour-cloning heads; differentiable."""
+        and actions < t). Used by behaviour-cloning heads; differentiable.
+
+        Optional companion: a model whose features start with work done on each frame alone (HARP: tokenizer
+        codes) may offer ``frame_codes(frames) -> [B, T, ...]`` and accept ``features(..., frame_codes=codes)``;
+        a policy then encodes each incoming frame once instead of once per window position."""
         raise NotImplementedError(f"{type(self).__name__} does not offer features for policy heads")
 
     @property

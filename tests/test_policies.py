@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from foresight.checkpoint import CheckpointError
-from foresight.config import preset
+from foresight.config import merge, preset
 from foresight.models.baselines import ConvPredictor, ConvPredictorConfig
 from foresight.testing import SyntheticClips
 from foresight.train import TrainConfig, Trainer
@@ -322,3 +322,52 @@ def test_make_bc_policy_argument_checks(tiny_conv):
         make_bc_policy("harp", backbone_model=tiny_conv, preset="tiny", image_size=32)
     with pytest.raises(ValueError, match="unknown method"):
         make_bc_policy("diffusion", preset="tiny")
+
+
+# ---------------------------------------------------------------------------------------------- frame cache
+def _cache_policies():
+    from foresight.models.ghvae import GHVAE, GHVAEConfig
+    from foresight.models.harp import Harp, HarpConfig
+
+    torch.manual_seed(0)
+    harp = Harp(preset(HarpConfig, "tiny"))
+    yield "harp", make_bc_policy("harp", backbone_model=harp, preset="tiny", image_size=SIZE, history=4)
+    for kind in ("cnn_lstm", "cnn_transformer"):
+        yield kind, make_bc_policy(kind, preset="tiny", image_size=SIZE, history=4)
+    ghvae = GHVAE(merge(preset(GHVAEConfig, "tiny"), {"image_size": SIZE}))
+    yield "ghvae", BCPolicy(ghvae, config=BCConfig(image_size=SIZE, history=4, hidden_dim=16))
+
+
+def test_frame_cache_gives_the_uncached_actions_and_encodes_each_frame_once():
+    """Cached and uncached select_action agree step by step over a sliding window, with a partial reset of one
+    of three batched envs; with the cache each select_action encodes only the newest frame."""
+    imgs = np.stack(_images(3 * 7, seed=3)).reshape(7, 3, SIZE, SIZE, 3)
+    for name, policy in _cache_policies():
+        policy.eval()
+        calls = []
+        encode = policy.encode_frames
+        policy.encode_frames = lambda frames, _e=encode: calls.append(frames.shape[1]) or _e(frames)
+        assert encode(torch.rand(2, 4, 3, SIZE, SIZE)) is not None, name  # every method here has a cache
+        actions = {}
+        for cached in (True, False):
+            policy.use_frame_cache = cached
+            policy.reset()
+            out = []
+            for step in range(7):
+                if step == 4:
+                    policy.reset(env_ids=[1])
+                out.append(policy.select_action({"image": imgs[step]}))
+            actions[cached] = np.stack(out)
+        np.testing.assert_allclose(actions[True], actions[False], rtol=0, atol=1e-5, err_msg=name)
+        assert calls and set(calls) == {1}, (name, calls)  # only the newest frame, never the window
+        if name == "ghvae":
+            continue  # its feature of the newest frame reads that frame alone: past codes cannot matter
+        # the cache really is used: corrupting it changes the action (no silent re-encoding)
+        policy.use_frame_cache = True
+        policy.reset()
+        policy.select_action({"image": imgs[0]})
+        clean = policy.select_action({"image": imgs[1]})
+        policy.reset()
+        policy.select_action({"image": imgs[0]})
+        policy._codes = (policy._codes.float() * 0 + 1).to(policy._codes.dtype)
+        assert not np.allclose(policy.select_action({"image": imgs[1]}), clean, atol=1e-6), name

@@ -162,6 +162,18 @@ class _CNNSequence(nn.Module):
         b, t = frames.shape[:2]
         return self.encoder(frames.flatten(0, 1)).view(b, t, -1)  # [B, T, D]
 
+    def frame_codes(self, frames: Tensor) -> Tensor:
+        """The per-frame part of `features` (the ResNet features ``[B, T, D]``), for a policy's frame cache."""
+        return self.frame_features(frames)
+
+    def _per_frame(self, frames: Tensor, frame_codes: Tensor | None) -> Tensor:
+        if frame_codes is None:
+            return self.frame_features(frames)
+        if tuple(frame_codes.shape) != (*frames.shape[:2], self.feature_dim):
+            raise ValueError(f"frame_codes: expected [B, T, {self.feature_dim}] for frames {list(frames.shape)}, "
+                             f"got {list(frame_codes.shape)}")
+        return frame_codes
+
 
 class CNNLSTM(_CNNSequence):
     """ResNet per frame + LSTM over time. ``features(frames [B, T, 3, H, W]) -> [B, T, D]``: the top LSTM layer's
@@ -174,8 +186,9 @@ class CNNLSTM(_CNNSequence):
         super().__init__(config)
         self.lstm = nn.LSTM(config.dim, config.dim, num_layers=config.lstm_layers, batch_first=True)
 
-    def features(self, frames: Tensor, actions: Tensor | None = None) -> Tensor:
-        x = self.frame_features(frames)  # [B, T, D]
+    def features(self, frames: Tensor, actions: Tensor | None = None, *,
+                 frame_codes: Tensor | None = None) -> Tensor:
+        x = self._per_frame(frames, frame_codes)  # [B, T, D]
         h, _ = self.lstm(x)  # [B, T, D]
         return h
 
@@ -194,11 +207,12 @@ class CNNTransformer(_CNNSequence):
         self.transformer = CausalTransformer(dim=config.dim, layers=config.layers, heads=config.heads,
                                              dropout=config.dropout)
 
-    def features(self, frames: Tensor, actions: Tensor | None = None) -> Tensor:
+    def features(self, frames: Tensor, actions: Tensor | None = None, *,
+                 frame_codes: Tensor | None = None) -> Tensor:
         t = frames.shape[1] if frames.ndim == 5 else 0
         if t > self.config.max_frames:
             raise ValueError(f"frames: at most max_frames={self.config.max_frames} frames, got {list(frames.shape)}")
-        x = self.frame_features(frames) + self.time_embed[:, :t]  # [B, T, D]
+        x = self._per_frame(frames, frame_codes) + self.time_embed[:, :t]  # [B, T, D]
         return self.transformer(x)  # causal self-attention -> [B, T, D]
 
 

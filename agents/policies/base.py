@@ -15,6 +15,12 @@ window is padded by repeating the first frame, so every call sees exactly ``hist
 observations from N vectorised envs (``image`` uint8 ``[N, H, W, 3]``) gives ``[N, A]``; ``reset(env_ids)``
 then restarts the history of some envs only.
 
+Per-frame cache: a policy whose backbone computes something per frame, independently of the other frames (HARP's
+tokenizer codes, the CNN baselines' ResNet features), returns it from ``encode_frames``; the window then holds
+those codes beside the frames, each frame is encoded once when it arrives instead of ``history`` times while it
+slides through the window, and ``act`` receives the cached codes. The result is the same as without the cache
+(tested); ``use_frame_cache = False`` turns it off.
+
 Checkpoints are directories with ``config.json`` (``{"kind": "policy", "type": ..., ...}``) and
 ``model.safetensors``, written atomically; `load_policy` rebuilds the right class from ``type``.
 """
@@ -97,8 +103,10 @@ class Policy(nn.Module, abc.ABC):
         super().__init__()
         self.stage = self.stages[0]
         self._window: Tensor | None = None   # [N, T, 3, H, W] on the policy's device
+        self._codes: Tensor | None = None    # [N, T, ...] per-frame cache of `encode_frames` (None: no cache)
         self._restart: Tensor | None = None  # bool [N]: rows whose next frame starts a new episode
         self._batched: bool | None = None
+        self.use_frame_cache = True
 
     # ------------------------------------------------------------------ shape facts
     @property
@@ -121,14 +129,20 @@ class Policy(nn.Module, abc.ABC):
 
     # ------------------------------------------------------------------ acting
     @abc.abstractmethod
-    def act(self, frames: Tensor) -> Tensor:
+    def act(self, frames: Tensor, codes: Tensor | None = None) -> Tensor:
         """frames ``[N, T, 3, H, W]`` float in [0, 1] (T = history, newest last) -> actions ``[N, A]`` for the
-        newest frame (not yet clipped)."""
+        newest frame (not yet clipped). ``codes``: ``encode_frames`` of each frame, ``[N, T, ...]``, when cached
+        (the same as encoding ``frames`` again)."""
+
+    def encode_frames(self, frames: Tensor) -> Tensor | None:
+        """Per-frame codes ``[N, T, ...]`` of frames ``[N, T, 3, H, W]`` that ``act`` can reuse, each computed
+        from its own frame only; None (the default) when the policy has nothing to cache."""
+        return None
 
     def reset(self, env_ids: Sequence[int] | Tensor | None = None) -> None:
         """Forget the frame history (of all envs, or only of ``env_ids`` in batched use)."""
         if env_ids is None or self._window is None:
-            self._window, self._restart, self._batched = None, None, None
+            self._window, self._codes, self._restart, self._batched = None, None, None, None
             return
         ids = torch.as_tensor(env_ids, dtype=torch.long).reshape(-1)
         n = self._restart.shape[0]
@@ -136,8 +150,9 @@ class Policy(nn.Module, abc.ABC):
             raise IndexError(f"reset: env ids {ids.tolist()} out of range for a history of {n} envs")
         self._restart[ids.to(self._restart.device)] = True
 
-    def _push(self, frames: Tensor, batched: bool) -> Tensor:
-        """Append frames ``[N, 3, H, W]`` to the history; return the window ``[N, history, 3, H, W]``."""
+    def _push(self, frames: Tensor, batched: bool) -> tuple[Tensor, Tensor | None]:
+        """Append frames ``[N, 3, H, W]`` (and their codes) to the history; return the windows
+        ``([N, history, 3, H, W], [N, history, ...] or None)``."""
         n, t = frames.shape[0], self.history
         if self._window is not None and (self._window.shape[0] != n or self._batched != batched
                                          or self._window.device != frames.device):
@@ -145,19 +160,24 @@ class Policy(nn.Module, abc.ABC):
                 raise ValueError(
                     f"select_action: got {n} observation(s) (batched={batched}) but the running history holds "
                     f"{self._window.shape[0]} (batched={self._batched}); call reset() when the number of envs changes")
-            self._window = None
+            self._window = self._codes = None
+        codes = self.encode_frames(frames[:, None]) if self.use_frame_cache else None
+        codes = None if codes is None else codes[:, 0]  # [N, ...]
         if self._window is None:
             # episode start: pad by repeating the first frame, so the backbone always sees `history` frames
-            self._window = frames[:, None].repeat(1, t, 1, 1, 1)
+            self._window = _repeat_time(frames, t)
+            self._codes = None if codes is None else _repeat_time(codes, t)
             self._restart = torch.zeros(n, dtype=torch.bool, device=frames.device)
             self._batched = batched
-            return self._window
-        window = torch.cat([self._window[:, 1:], frames[:, None]], dim=1)  # slide: drop the oldest frame
-        if bool(self._restart.any()):
-            window[self._restart] = frames[self._restart][:, None].expand(-1, t, -1, -1, -1)
-            self._restart.zero_()
-        self._window = window
-        return window
+            return self._window, self._codes
+        if (codes is None) != (self._codes is None):  # use_frame_cache switched mid-episode: rebuild the cache
+            self._codes = None if codes is None else self.encode_frames(self._window)
+        restart = self._restart if bool(self._restart.any()) else None
+        self._window = _slide(self._window, frames, restart)
+        if codes is not None:
+            self._codes = _slide(self._codes, codes, restart)
+        self._restart.zero_()
+        return self._window, self._codes
 
     @torch.no_grad()
     def select_action(self, observation: Any) -> np.ndarray:
@@ -167,11 +187,11 @@ class Policy(nn.Module, abc.ABC):
         ``[N, H, W, 3]`` from N vectorised envs. Runs in eval mode (restoring the previous mode afterwards).
         """
         frames, batched = observation_frames(observation, image_size=self.image_size)
-        window = self._push(frames.to(self.device), batched)  # [N, T, 3, H, W]
         was_training = self.training
         self.eval()
         try:
-            actions = self.act(window)
+            window, codes = self._push(frames.to(self.device), batched)  # [N, T, 3, H, W], [N, T, ...]
+            actions = self.act(window) if codes is None else self.act(window, codes)
         finally:
             self.train(was_training)
         if tuple(actions.shape) != (window.shape[0], self.action_dim):
@@ -217,6 +237,20 @@ class Policy(nn.Module, abc.ABC):
         ckpt.save_weights(self, Path(directory) / ckpt.WEIGHTS_NAME)
         if stats:
             (Path(directory) / ckpt.STATS_NAME).write_text(json.dumps(stats, indent=2) + "\n")
+
+
+def _repeat_time(x: Tensor, t: int) -> Tensor:
+    """``[N, ...]`` -> ``[N, t, ...]``: the same entry at every step of the window."""
+    return x[:, None].expand(x.shape[0], t, *x.shape[1:]).clone()
+
+
+def _slide(window: Tensor, new: Tensor, restart: Tensor | None) -> Tensor:
+    """Drop the oldest entry of ``window [N, T, ...]`` and append ``new [N, ...]``; rows in ``restart`` (bool [N])
+    start over: every step holds their new entry."""
+    out = torch.cat([window[:, 1:], new[:, None]], dim=1)
+    if restart is not None:
+        out[restart] = _repeat_time(new[restart], window.shape[1])
+    return out
 
 
 def load_policy(path: str | Path, *, map_location: str | torch.device = "cpu") -> Policy:

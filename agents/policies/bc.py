@@ -146,9 +146,13 @@ class BCPolicy(Policy):
         return self
 
     # ------------------------------------------------------------------ model
-    def features(self, frames: Tensor) -> Tensor:
-        """frames ``[B, T, 3, H, W]`` in [0, 1] -> causal per-frame features ``[B, T, D]`` (action-free)."""
-        feats = self.backbone.features(frames, None)
+    def features(self, frames: Tensor, codes: Tensor | None = None) -> Tensor:
+        """frames ``[B, T, 3, H, W]`` in [0, 1] -> causal per-frame features ``[B, T, D]`` (action-free).
+        ``codes``: the backbone's ``frame_codes(frames)``, when already computed."""
+        if codes is None:
+            feats = self.backbone.features(frames, None)
+        else:
+            feats = self.backbone.features(frames, None, frame_codes=codes)
         if feats.ndim != 3 or tuple(feats.shape[:2]) != tuple(frames.shape[:2]):
             raise RuntimeError(f"backbone.features returned {list(feats.shape)} for frames {list(frames.shape)}, "
                                f"expected [B, T, D]")
@@ -159,8 +163,14 @@ class BCPolicy(Policy):
         frames = check_frames(frames, name="frames", image_size=self.image_size, check_range=False)
         return self.policy_head(self.features(frames))
 
-    def act(self, frames: Tensor) -> Tensor:
-        return self.policy_head(self.features(frames)[:, -1])  # newest frame's feature -> [N, A]
+    def encode_frames(self, frames: Tensor) -> Tensor | None:
+        """The backbone's per-frame codes (``frame_codes``: HARP's tokens, the CNNs' ResNet features), if it has
+        them; `Policy.select_action` caches them so each frame is encoded once."""
+        frame_codes = getattr(self.backbone, "frame_codes", None)
+        return None if frame_codes is None else frame_codes(frames)
+
+    def act(self, frames: Tensor, codes: Tensor | None = None) -> Tensor:
+        return self.policy_head(self.features(frames, codes)[:, -1])  # newest frame's feature -> [N, A]
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """Training loss on a clip batch ``{'frames' [B, T, 3, H, W], 'actions' [B, T-1, A]}``."""

@@ -429,10 +429,17 @@ class GHVAE(WorldModel):
     def feature_dim(self) -> int:
         return self.shapes[self.depth - 1].channels
 
-    def features(self, frames: Tensor, actions: Tensor | None = None) -> Tensor:
-        """Per-frame ``[B, T, C^d]``: the deepest encoding h^d averaged over space (causal: frame t only)."""
+    def features(self, frames: Tensor, actions: Tensor | None = None, *, frame_codes: Tensor | None = None) -> Tensor:
+        """Per-frame ``[B, T, C^d]``: the deepest encoding h^d averaged over space (causal: frame t only).
+        Wholly per-frame, so ``frame_codes`` (`frame_codes` of the same frames, cached by a policy) is the answer."""
+        if frame_codes is not None:
+            return frame_codes
         b, t = frames.shape[:2]
         return self.encode(frames.flatten(0, 1))[-1].mean(dim=(2, 3)).view(b, t, -1)
+
+    def frame_codes(self, frames: Tensor) -> Tensor:
+        """The per-frame part of `features` (all of it): ``[B, T, C^d]``."""
+        return self.features(frames)
 
     @property
     def embedding_dim(self) -> int:

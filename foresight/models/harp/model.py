@@ -214,7 +214,11 @@ class Harp(WorldModel):
     def feature_dim(self) -> int:
         return int(self.config.width)
 
-    def features(self, frames: Tensor, actions: Tensor | None = None) -> Tensor:
+    def frame_codes(self, frames: Tensor) -> Tensor:
+        """The per-frame part of `features`: the tokenizer's codes [B, T, h, w] (a policy caches them)."""
+        return self.encode(check_frames(frames, name="frames", image_size=self.image_size))
+
+    def features(self, frames: Tensor, actions: Tensor | None = None, *, frame_codes: Tensor | None = None) -> Tensor:
         """Causal per-frame features [B, T, D] (D = width) of frames [B, T, 3, H, W], T <= C + F.
 
         Feature t = final hidden state of a read-out query at the first slot of frame t+1, attending to all codes
@@ -222,10 +226,18 @@ class Harp(WorldModel):
         `CodeTransformer.frame_features`. The first C frames play the context role (ResNet features added) as in
         training. Differentiable w.r.t. the transformer's parameters and, via the ResNet, the context pixels;
         codes are discrete, so no gradient reaches the pixels through the tokenizer. actions [B, T-1, A] with
-        actions[:, t] from frame t to t+1 (None: no action embeddings).
+        actions[:, t] from frame t to t+1 (None: no action embeddings). ``frame_codes``: `frame_codes` (frames),
+        when already computed.
         """
         frames = check_frames(frames, name="frames", image_size=self.image_size)
-        codes = self.encode(frames)  # [B, T, h, w]
+        if frame_codes is None:
+            codes = self.encode(frames)  # [B, T, h, w]
+        else:
+            g = self.config.grid
+            if tuple(frame_codes.shape) != (*frames.shape[:2], g, g):
+                raise ValueError(f"frame_codes: expected [B, T, {g}, {g}] codes for frames {list(frames.shape)}, "
+                                 f"got {list(frame_codes.shape)}")
+            codes = frame_codes.long()
         context = frames[:, :self.context_frames] if self.config.context_resnet else None
         if actions is not None and self.action_dim > 0:
             actions = actions.to(self.device).float()
