@@ -10,6 +10,13 @@ Policies reach the workers as a *factory*: a picklable callable ``factory(task_n
 ``policy.reset()`` and ``policy.select_action(obs) -> action [4]`` (e.g. ``functools.partial(load_policy, dir)``
 wrapped to ignore the task). Workers are started with the 'spawn' context (forking a process that has rendered
 deadlocks Mesa) and build their envs lazily.
+
+Batched inference: with ``envs_per_worker`` = B > 1 and a policy that takes batched observations
+(``supports_batched_observations``, as every `agents.policies.Policy` does), each worker steps B envs of one task
+and asks the policy for their B actions in one call. An env whose episode ends starts the task's next trial at
+once (``policy.reset(env_ids=[i])`` restarts its history), so the batch stays full until the task's trials run
+out. Each episode still sees only its own frames; its ``seconds`` is then the wall time from its reset to its
+end, shared with the other episodes of the batch.
 """
 
 from __future__ import annotations
@@ -71,24 +78,87 @@ class ExpertPolicyFactory:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(factory: Callable, image_size: int, max_steps: int) -> None:
+def _worker_init(factory: Callable, image_size: int, max_steps: int, envs_per_worker: int = 1) -> None:
     try:
         import torch
 
         torch.set_num_threads(1)  # one core per worker; the workers are the parallelism
     except ImportError:  # pragma: no cover
         pass
-    _WORKER.update(factory=factory, image_size=image_size, max_steps=max_steps, policies={}, envs={})
+    _WORKER.update(factory=factory, image_size=image_size, max_steps=max_steps, envs_per_worker=envs_per_worker,
+                   policies={}, envs={})
+
+
+def _task_policy_and_envs(task: str, count: int) -> tuple[Any, list]:
+    w = _WORKER
+    if task not in w["policies"]:
+        w["policies"][task] = w["factory"](task)
+    envs = w["envs"].setdefault(task, [])
+    while len(envs) < count:
+        envs.append(make_env(task, image_size=w["image_size"], max_steps=w["max_steps"]))
+    return w["policies"][task], envs
+
+
+def _run_trials(job: tuple[str, tuple[int, ...], tuple[bool, ...]]) -> list[EpisodeResult]:
+    """One task's trials in this worker: B envs stepped together when the policy takes batches, else one by one."""
+    task, trials, records = job
+    policy = _task_policy_and_envs(task, 1)[0]
+    batch = min(_WORKER["envs_per_worker"], len(trials))
+    if batch <= 1 or not getattr(policy, "supports_batched_observations", False):
+        return [_run_episode((task, trial, record)) for trial, record in zip(trials, records)]
+    return _run_batched(task, list(zip(trials, records)), batch)
+
+
+def _run_batched(task: str, queue: list[tuple[int, bool]], batch: int) -> list[EpisodeResult]:
+    policy, envs = _task_policy_and_envs(task, batch)
+    max_steps = _WORKER["max_steps"]
+    slots: list[dict[str, Any] | None] = [None] * batch
+    last_obs: list[dict] = [{}] * batch
+    results: list[EpisodeResult] = []
+    policy.reset()
+
+    def start(i: int) -> None:
+        if not queue:
+            slots[i] = None  # keeps feeding its last frame to the policy; its actions are ignored
+            return
+        trial, record = queue.pop(0)
+        variation = held_out_variation(trial)
+        t0 = time.perf_counter()
+        obs, _ = envs[i].reset(seed=variation)
+        policy.reset(env_ids=[i])
+        last_obs[i] = obs
+        slots[i] = {"trial": trial, "variation": variation, "t0": t0, "steps": 0,
+                    "frames": [obs["image"]] if record else None}
+
+    for i in range(batch):
+        start(i)
+    while any(slot is not None for slot in slots):
+        batch_obs = {key: np.stack([o[key] for o in last_obs]) for key in ("image", "state")}
+        actions = np.asarray(policy.select_action(batch_obs), dtype=np.float32)
+        for i, slot in enumerate(slots):
+            if slot is None:
+                continue
+            obs, _, _, truncated, info = envs[i].step(actions[i])
+            slot["steps"] += 1
+            last_obs[i] = obs
+            if slot["frames"] is not None:
+                slot["frames"].append(obs["image"])
+            success = info["success"] >= 1.0
+            if success or truncated or slot["steps"] >= max_steps:
+                frames = slot["frames"]
+                results.append(EpisodeResult(task=task, trial=slot["trial"], variation_seed=slot["variation"],
+                                             success=bool(success), steps=slot["steps"],
+                                             seconds=time.perf_counter() - slot["t0"],
+                                             frames=np.stack(frames) if frames is not None else None))
+                start(i)
+    return results
 
 
 def _run_episode(job: tuple[str, int, bool]) -> EpisodeResult:
     task, trial, record = job
     w = _WORKER
-    if task not in w["policies"]:
-        w["policies"][task] = w["factory"](task)
-    if task not in w["envs"]:
-        w["envs"][task] = make_env(task, image_size=w["image_size"], max_steps=w["max_steps"])
-    policy, env = w["policies"][task], w["envs"][task]
+    policy, envs = _task_policy_and_envs(task, 1)
+    env = envs[0]
     variation = held_out_variation(trial)
     t0 = time.perf_counter()
     obs, _ = env.reset(seed=variation)
@@ -118,12 +188,14 @@ def evaluate_policy(
     max_steps: int = 500,
     image_size: int = 64,
     workers: int = 2,
+    envs_per_worker: int = 1,
     record_videos: int = 1,
     progress: bool = True,
     desc: str = "MT50 eval",
 ) -> list[EpisodeResult]:
     """Run ``trials`` held-out episodes of every task; returns one `EpisodeResult` per episode.
 
+    ``envs_per_worker``: envs each worker steps together with one batched policy call (see the module doc).
     ``record_videos``: the first this-many trials of each task keep their frames (for rollout videos).
     ``workers=0`` runs in this process (useful for debugging and tests).
     """
@@ -132,25 +204,35 @@ def evaluate_policy(
         raise ValueError(f"unknown MT50 task(s) {unknown}; expected names from envs.metaworld.MT50_TASKS")
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
-    # Task-major order, so each worker keeps reusing the env and policy it built for a task.
-    jobs = [(task, trial, trial < record_videos) for task in tasks for trial in range(trials)]
+    if envs_per_worker < 1:
+        raise ValueError(f"envs_per_worker must be >= 1, got {envs_per_worker}")
+    # One job = a slice of one task's trials, so a worker reuses the envs and policy it built for the task; a task
+    # is split only as far as needed to keep every worker busy.
+    parts = max(1, -(-max(workers, 1) // len(tasks))) if tasks else 1
+    per_job = -(-trials // min(parts, trials))
+    jobs = [(task, tuple(range(lo, min(lo + per_job, trials))),
+             tuple(t < record_videos for t in range(lo, min(lo + per_job, trials))))
+            for task in tasks for lo in range(0, trials, per_job)]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(tasks) * trials, desc=desc, disable=not progress, dynamic_ncols=True)
     results: list[EpisodeResult] = []
+
+    def collect(batch: list[EpisodeResult]) -> None:
+        results.extend(batch)
+        bar.update(len(batch))
+        bar.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
+
     if workers <= 0:
-        _worker_init(factory, image_size, max_steps)
+        _worker_init(factory, image_size, max_steps, envs_per_worker)
         for job in jobs:
-            results.append(_run_episode(job))
-            bar.update(1)
+            collect(_run_trials(job))
     else:
         ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_worker_init, initargs=(factory, image_size, max_steps)) as pool:
-            chunk = max(1, trials // 2)
-            for result in pool.imap_unordered(_run_episode, jobs, chunksize=chunk):
-                results.append(result)
-                bar.update(1)
-                bar.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
+        with ctx.Pool(workers, initializer=_worker_init,
+                      initargs=(factory, image_size, max_steps, envs_per_worker)) as pool:
+            for batch in pool.imap_unordered(_run_trials, jobs):
+                collect(batch)
     bar.close()
     results.sort(key=lambda r: (tasks.index(r.task), r.trial))
     return results

@@ -57,6 +57,9 @@ METHOD_NAMES = {"harp": "HARP (fine-tuned)", "vq_transformer": "VQ-Transformer",
                 "cnn_transformer": "CNN-Transformer"}
 
 CPU_TASKS = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3", "door-open-v3", "window-open-v3")
+# envs.metaworld.MT10_TASKS (written out so that --help does not import MuJoCo; a test keeps them equal)
+MT10 = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
+        "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")
 
 
 @dataclass
@@ -91,6 +94,7 @@ class MT50BCConfig:
     # --- evaluation
     eval_trials: int = 5                    # held-out variations per task (paper: 10)
     eval_max_steps: int = 200               # success at any step within this many steps (paper: 500)
+    eval_envs_per_worker: int = 4           # envs each evaluation worker steps together (one batched policy call)
     record_videos: int = 1                  # rollouts per task kept as GIFs (seed 0)
     threads: int = 0                        # torch threads for training (0: all cores; 1 if another job shares them)
 
@@ -105,7 +109,18 @@ class MT50BCConfig:
             "baseline_preset": "paper",
             "bc": {"steps": 20000, "batch_size": 20, "lr": 1e-4, "warmup_steps": 500, "save_every": 2000,
                    "eval_every": 2000},
-            "seeds": (0, 1, 2, 3, 4), "eval_trials": 10, "eval_max_steps": 500,
+            "seeds": (0, 1, 2, 3, 4), "eval_trials": 10, "eval_max_steps": 500, "eval_envs_per_worker": 10,
+        },
+        # between the two, for a lent CUDA GPU (not yet timed on one): MT10, 3 seeds, the paper's horizon
+        "gpu": {
+            "tasks": MT10, "demos_per_task": 50, "harp_preset": "quick", "future_frames": 11,
+            "tokenizer": {"steps": 5000, "batch_size": 32, "lr": 3e-4, "warmup_steps": 250, "save_every": 1000,
+                          "eval_every": 1000},
+            "transformer": {"steps": 5000, "batch_size": 32, "lr": 3e-4, "warmup_steps": 250, "save_every": 1000,
+                            "eval_every": 1000},
+            "bc": {"steps": 2000, "batch_size": 20, "lr": 1e-4, "warmup_steps": 100, "save_every": 500,
+                   "eval_every": 500},
+            "seeds": (0, 1, 2), "eval_trials": 10, "eval_max_steps": 500, "eval_envs_per_worker": 10,
         },
         "tiny": {
             "tasks": ("reach-v3",), "demos_per_task": 2, "image_size": 16, "workers": 0, "harp_preset": "tiny",
@@ -250,6 +265,7 @@ def evaluate(cfg: MT50BCConfig, run_dir: Path, method: str, seed: int, policy_di
     t0 = time.perf_counter()
     results = evaluate_policy(PolicyFactory(str(policy_dir)), tasks=_tasks(cfg), trials=cfg.eval_trials,
                               max_steps=cfg.eval_max_steps, image_size=cfg.image_size, workers=cfg.workers,
+                              envs_per_worker=cfg.eval_envs_per_worker,
                               record_videos=cfg.record_videos if seed == cfg.seeds[0] else 0,
                               desc=f"eval {method} seed {seed}")
     summary = summarize(results)

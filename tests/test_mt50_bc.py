@@ -103,3 +103,13 @@ def test_results_report_intervals_with_one_and_several_seeds(tmp_path, seeds):
     csv_header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
     assert csv_header[:6] == ["method", "success", "ci95_low", "ci95_high", "successes", "trials"]
     assert (tmp_path / "results.png").stat().st_size > 0 and "| easy |" in text and "| push-v3 |" in text
+
+
+def test_presets_name_real_tasks_and_batch_their_evaluation():
+    from envs.metaworld import MT10_TASKS, MT50_TASKS
+    from experiments.mt50_bc import MT10, MT50BCConfig, CPU_TASKS
+
+    assert MT10 == MT10_TASKS and set(CPU_TASKS) <= set(MT50_TASKS)
+    gpu = MT50BCConfig.PRESETS["gpu"]
+    assert gpu["tasks"] == MT10_TASKS and len(gpu["seeds"]) == 3
+    assert MT50BCConfig().eval_envs_per_worker > 1  # the CPU default steps several envs per batched policy call

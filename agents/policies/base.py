@@ -97,6 +97,7 @@ class Policy(nn.Module, abc.ABC):
 
     type: ClassVar[str] = ""
     stages: ClassVar[tuple[str, ...]] = ("policy",)
+    supports_batched_observations: ClassVar[bool] = True  # select_action takes [N, H, W, 3] from N envs
     config: Any
 
     def __init__(self) -> None:
