@@ -84,7 +84,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return from_dict(annotation, value, _prefix=where + ".")
     if origin in (tuple, list):
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = yaml.safe_load(value) if value.strip() else []
+        if isinstance(value, str) and "," in value:  # tasks=reach-v3,push-v3
+            value = [yaml.safe_load(v.strip()) for v in value.split(",") if v.strip()]
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool) \
+                and not (origin is tuple and len(args) > 1 and args[1] is not Ellipsis):
+            value = [value]  # one item: --tasks reach-v3
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
@@ -206,32 +211,49 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """``["a=1", "--b.c", "x", "--d=2"]`` -> ``{"a": 1, "b.c": "x", "d": 2}`` (values parsed as YAML)."""
+    """``["a=1", "--b.c", "x", "--d=2", "--e", "u", "v"]`` -> ``{"a": 1, "b.c": "x", "d": 2, "e": ["u", "v"]}``
+    (values parsed as YAML; ``--key v1 v2 ...`` gives a list; a bare ``--flag`` is true)."""
     out: dict[str, Any] = {}
     i = 0
+
+    def is_value(j: int) -> bool:  # argv[j] is a value, not the next option
+        return j < len(argv) and "=" not in argv[j] and (not argv[j].startswith("--") or _is_number(argv[j]))
+
     while i < len(argv):
         arg = argv[i]
         if arg.startswith("--"):
             body = arg[2:]
             if "=" in body:
                 key, raw = body.split("=", 1)
+            elif not is_value(i + 1):
+                key, raw = body, "true"  # a bare flag
             else:
-                if i + 1 >= len(argv) or (argv[i + 1].startswith("--") and not _is_number(argv[i + 1])):
-                    key, raw = body, "true"  # a bare flag
-                else:
-                    key, raw = body, argv[i + 1]
+                key, raw = body, argv[i + 1]
+                i += 1
+                if is_value(i + 1):  # --key v1 v2 ...: a list
+                    items = [raw]
+                    while is_value(i + 1):
+                        items.append(argv[i + 1])
+                        i += 1
+                    out[key.replace("-", "_")] = [_yaml_value(v) for v in items]
                     i += 1
+                    continue
         elif "=" in arg:
             key, raw = arg.split("=", 1)
         else:
             raise ConfigError(f"cannot parse argument {arg!r}: expected key=value or --key value")
-        key = key.replace("-", "_")
-        try:
-            out[key] = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            out[key] = raw
+        out[key.replace("-", "_")] = _yaml_value(raw)
         i += 1
     return out
+
+
+def _yaml_value(raw: str) -> Any:
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def _is_number(text: str) -> bool:
@@ -270,7 +292,21 @@ def build_config(cls: type[T], argv: list[str] | None = None, *, default_preset:
     except ConfigError as e:
         # A wrong value in a file must say which file, or a user with several configs cannot find it.
         raise ConfigError(f"config file {config_path}: {e}") from None
-    return merge(config, overrides)
+    return merge(config, _negated_flags(cls, overrides))
+
+
+def _negated_flags(cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``--no-x`` (``{"no_x": True}``) -> ``{"x": False}`` for a bool field ``x`` of ``cls`` that has no field
+    ``no_x`` itself."""
+    hints = _field_types(cls)
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        name = key[3:]
+        if key.startswith("no_") and key not in hints and hints.get(name) is bool and value is True:
+            out[name] = False
+        else:
+            out[key] = value
+    return out
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -87,7 +87,7 @@ def test_config_help_lists_types_defaults_and_docs(help_outputs):
     assert all(name in model_line for name in MODELS.builtin), model_line  # every built-in model is named
     mt50 = help_outputs[str(ROOT / "experiments" / "mt50_bc.py")]["stdout"]
     assert re.search(r"^\s+demos_per_task\s+int\s+20\s+variations 0\.\.n-1", mt50, re.M)
-    assert "cpu, paper, tiny" in mt50  # the presets
+    assert "cpu, gpu, paper, tiny" in mt50  # the presets
 
 
 def _run(script, *args, **env):

@@ -54,3 +54,24 @@ def test_parse_overrides_values():
     assert parse_overrides(["a=1", "--b", "x", "--c=2.5", "--flag"]) == {"a": 1, "b": "x", "c": 2.5, "flag": True}
     with pytest.raises(ConfigError):
         parse_overrides(["positional"])
+
+
+def test_command_line_lists_and_negated_flags():
+    @dataclass
+    class Opts:
+        tasks: tuple[str, ...] = ("reach-v3",)
+        sizes: list[int] = field(default_factory=list)
+        videos: bool = True
+        out: str = ""
+
+    assert parse_overrides(["--tasks", "a", "b", "--out", "x", "c=1"]) == {"tasks": ["a", "b"], "out": "x", "c": 1}
+    cfg = build_config(Opts, ["--tasks", "push-v3", "drawer-close-v3", "--no-videos", "sizes=16,32"])
+    assert cfg.tasks == ("push-v3", "drawer-close-v3") and cfg.videos is False and cfg.sizes == [16, 32]
+    assert build_config(Opts, ["--tasks=push-v3"]).tasks == ("push-v3",)  # one item
+    assert build_config(Opts, ["tasks=[a,b]", "--videos"]).tasks == ("a", "b")
+    assert build_config(Opts, ["tasks=a,b"]).tasks == ("a", "b")
+    assert build_config(Opts, ["--sizes", "-1", "2"]).sizes == [-1, 2]  # negative numbers are values
+    with pytest.raises(ConfigError, match="sizes"):
+        build_config(Opts, ["sizes=a,b"])
+    with pytest.raises(ConfigError, match="no_such"):
+        build_config(Opts, ["--no-such"])
