@@ -206,10 +206,13 @@ def evaluate_policy(
         raise ValueError(f"trials must be >= 1, got {trials}")
     if envs_per_worker < 1:
         raise ValueError(f"envs_per_worker must be >= 1, got {envs_per_worker}")
-    # One job = a slice of one task's trials, so a worker reuses the envs and policy it built for the task; a task
-    # is split only as far as needed to keep every worker busy.
-    parts = max(1, -(-max(workers, 1) // len(tasks))) if tasks else 1
-    per_job = -(-trials // min(parts, trials))
+    # One job = a slice of one task's trials, so a worker reuses the envs and policy it built for the task. Tasks
+    # are split into slices of at least envs_per_worker trials until there are about 4 jobs per worker, so that
+    # the workers finish together (5 tasks on 2 workers as 5 whole-task jobs would leave one worker idle for a
+    # fifth of the run).
+    parts = -(-4 * max(workers, 1) // max(len(tasks), 1))
+    parts = max(1, min(parts, trials // envs_per_worker))
+    per_job = -(-trials // parts)
     jobs = [(task, tuple(range(lo, min(lo + per_job, trials))),
              tuple(t < record_videos for t in range(lo, min(lo + per_job, trials))))
             for task in tasks for lo in range(0, trials, per_job)]

@@ -92,7 +92,7 @@ class MT50BCConfig:
     inverse_weight: float = 1.0             # weight of the inverse-dynamics auxiliary loss
     seeds: tuple[int, ...] = (0,)
     # --- evaluation
-    eval_trials: int = 5                    # held-out variations per task (paper: 10)
+    eval_trials: int = 20                   # held-out variations per task (paper: 10)
     eval_max_steps: int = 200               # success at any step within this many steps (paper: 500)
     eval_envs_per_worker: int = 4           # envs each evaluation worker steps together (one batched policy call)
     record_videos: int = 1                  # rollouts per task kept as GIFs (seed 0)
