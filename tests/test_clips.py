@@ -92,3 +92,51 @@ def test_from_disk_and_errors(tmp_path, episodes):
         ClipDataset(episodes, task_names=["a"])
     with pytest.raises(ValueError, match="long enough"):
         ClipDataset(episodes, context=10, future=20)
+
+
+def _random_store(root, lengths, seed=0, H=8):
+    w = EpisodeWriter(root)
+    g = np.random.default_rng(seed)
+    for v, T in enumerate(lengths):
+        w.write({"frames": g.integers(0, 256, (T, H, H, 3), dtype=np.uint8),
+                 "actions": g.uniform(-1, 1, (T - 1, 2)).astype(np.float32),
+                 "states": g.standard_normal((T, 3)).astype(np.float32)},
+                task="ab"[v % 2], variation=v, split="train")
+
+
+def test_frames_on_disk_give_the_in_memory_batches_and_are_reused(tmp_path):
+    import pickle
+
+    from foresight.data.frame_store import DiskFrames
+
+    store, cache = tmp_path / "store", tmp_path / "cache"
+    _random_store(store, [20, 15, 31])
+    kw = dict(context=2, future=4, stride=2, augment_shift=2)
+    ram = ClipDataset(EpisodeDataset(store), **kw)
+    disk = ClipDataset(EpisodeDataset(store), frames_dir=cache, **kw)
+    assert isinstance(disk.frames, DiskFrames) and disk.frames_built and disk.frames.shape == ram.frames.shape
+    idx = np.random.default_rng(1).integers(0, len(ram), 10)
+    for augment in (False, True):
+        a = ram.get_batch(idx, rng=np.random.default_rng(5), augment=augment)
+        b = disk.get_batch(idx, rng=np.random.default_rng(5), augment=augment)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    # numpy-style indexing: ints, negative ints, slices, arrays of any shape, repeats and gaps
+    for index in (3, -1, slice(5, 9), np.array([[7, 7, 0], [65, 8, 9]])):
+        np.testing.assert_array_equal(disk.frames[index], ram.frames[index])
+    # a second dataset reuses the file (only actions and states are read) and gives the same clips
+    again = ClipDataset(EpisodeDataset(store), frames_dir=cache, **kw)
+    assert not again.frames_built
+    torch.testing.assert_close(again.get_batch(idx, augment=False)["actions"], ram.get_batch(idx, augment=False)["actions"])
+    # a DataLoader worker gets a copy without the parent's file descriptor and opens its own
+    copy = pickle.loads(pickle.dumps(disk.frames))
+    np.testing.assert_array_equal(copy[np.arange(4)], ram.frames[:4])
+    # a changed store gets a new file
+    _random_store(store, [20, 15, 31, 12], seed=0)
+    changed = ClipDataset(EpisodeDataset(store), frames_dir=cache, **kw)
+    assert changed.frames_built and changed.frames.shape[0] == 20 + 15 + 31 + 12
+    with pytest.raises(ValueError, match="EpisodeDataset"):
+        ClipDataset([counting_episode(20, 0)], frames_dir=cache)
+    with pytest.raises(IndexError):
+        disk.frames[np.array([10_000])]

@@ -27,6 +27,7 @@ Frame stride s > 1 keeps every s-th frame; the s raw actions between two kept fr
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Any, Iterable, Iterator, Sequence
@@ -79,6 +80,9 @@ class ClipDataset(torch.utils.data.Dataset):
             fixed list (e.g. all 50 MT50 names) so ids agree across splits and subsets.
         seed: seed of the augmentation randomness of ``ds[i]`` (per item: (seed, epoch, i)).
         frames_dtype: torch.float32 (default, [0, 1]) or torch.uint8 (convert later, e.g. on the GPU).
+        frames_dir: keep the frames in a file in this folder instead of in memory (`foresight.data.frame_store`:
+            for splits larger than RAM; needs an `EpisodeDataset`). The file is built on first use and reused while
+            the episodes are unchanged; clips are read from it with one read per clip.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class ClipDataset(torch.utils.data.Dataset):
         seed: int = 0,
         with_states: bool = True,
         frames_dtype: torch.dtype = torch.float32,
+        frames_dir: str | os.PathLike | None = None,
     ):
         if context < 1 or future < 0 or stride < 1 or window_step < 1 or augment_shift < 0:
             raise ValueError(f"need context>=1, future>=0, stride>=1, window_step>=1, augment_shift>=0; got "
@@ -110,11 +115,12 @@ class ClipDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.frames_dtype = frames_dtype
-        self._load(episodes, task_names, with_states, window_step)
+        self.frames_built = False  # frames_dir: whether this construction wrote the frame file
+        self._load(episodes, task_names, with_states, window_step, frames_dir)
 
     # ------------------------------------------------------------------------------------------ building
 
-    def _load(self, episodes, task_names, with_states: bool, window_step: int) -> None:
+    def _load(self, episodes, task_names, with_states: bool, window_step: int, frames_dir=None) -> None:
         records = getattr(episodes, "records", None)
         if records is not None:
             # An EpisodeDataset: lengths are known from the manifest, so preallocate and load one episode at a
@@ -122,6 +128,9 @@ class ClipDataset(torch.utils.data.Dataset):
             n_eps, lengths = len(episodes), [r.length for r in records]
             get = episodes.__getitem__
         else:
+            if frames_dir is not None:
+                raise ValueError("frames_dir needs an EpisodeDataset (its manifest keys the frame file), got "
+                                 f"{type(episodes).__name__}")
             eps = list(episodes)
             n_eps, lengths = len(eps), [len(e["frames"]) for e in eps]
             get = eps.__getitem__
@@ -130,30 +139,57 @@ class ClipDataset(torch.utils.data.Dataset):
         first = get(0)
         H, W = first["frames"].shape[1:3]
         total = sum(lengths)
-        frames = np.empty((total, 3, H, W), dtype=np.uint8)  # channels first: batches need no transpose
         actions = np.zeros((total, np.shape(first["actions"])[1]), dtype=np.float32)
         use_states = with_states and "states" in first
         states = np.empty((total, np.shape(first["states"])[1]), np.float32) if use_states else None
-        ep_tasks: list[str] = []
+        ep_tasks = [records[i].task if records is not None else "" for i in range(n_eps)]
         ep_start = np.zeros(n_eps + 1, dtype=np.int64)
-        offset = 0
-        for i in range(n_eps):
-            ep = first if i == 0 else get(i)
-            T = len(ep["frames"])
+        ep_start[1:] = np.cumsum(lengths)
+
+        def fill(i: int, ep: dict) -> None:
+            """Actions and states of episode i (frames are placed by the caller)."""
+            T, offset = len(ep["actions"]) + 1, ep_start[i]
             if T != lengths[i]:
                 raise ValueError(f"episode {i}: manifest says {lengths[i]} frames, file has {T}")
-            if ep["frames"].shape[1:] != (H, W, 3):
-                raise ValueError(f"episode {i}: frames {list(ep['frames'].shape)} do not match "
-                                 f"[T, {H}, {W}, 3] of the first episode")
-            frames[offset:offset + T] = ep["frames"].transpose(0, 3, 1, 2)  # [T, H, W, 3] -> [T, 3, H, W]
             # actions[g] moves global frame g to g+1; the last frame of each episode keeps a zero action
             actions[offset:offset + T - 1] = ep["actions"]
             if states is not None:
                 states[offset:offset + T] = ep["states"]
-            ep_tasks.append(records[i].task if records is not None else str(ep.get("task", "")))
-            offset += T
-            ep_start[i + 1] = offset
-        self.frames, self.actions_raw, self.states = frames, actions, states
+            if records is None:
+                ep_tasks[i] = str(ep.get("task", ""))
+
+        def check(i: int, ep: dict) -> None:
+            if len(ep["frames"]) != lengths[i]:
+                raise ValueError(f"episode {i}: manifest says {lengths[i]} frames, file has {len(ep['frames'])}")
+            if ep["frames"].shape[1:] != (H, W, 3):
+                raise ValueError(f"episode {i}: frames {list(ep['frames'].shape)} do not match "
+                                 f"[T, {H}, {W}, 3] of the first episode")
+
+        if frames_dir is None:
+            frames = np.empty((total, 3, H, W), dtype=np.uint8)  # channels first: batches need no transpose
+            for i in range(n_eps):
+                ep = first if i == 0 else get(i)
+                check(i, ep)
+                frames[ep_start[i]:ep_start[i + 1]] = ep["frames"].transpose(0, 3, 1, 2)  # -> [T, 3, H, W]
+                fill(i, ep)
+        else:
+            from foresight.data.episodes import load_episode
+            from foresight.data.frame_store import episodes_key, open_or_build
+
+            def write_all(write) -> None:
+                for i in range(n_eps):
+                    ep = first if i == 0 else get(i)
+                    check(i, ep)
+                    write(ep["frames"].transpose(0, 3, 1, 2))
+                    fill(i, ep)
+
+            key = episodes_key(records, {"layout": "chw", "height": int(H), "width": int(W)})
+            frames, self.frames_built = open_or_build(frames_dir, key, (total, 3, int(H), int(W)), write_all)
+            if not self.frames_built:  # frames already on disk: read only the small arrays of each episode
+                small = ("actions", "states") if use_states else ("actions",)
+                for i, r in enumerate(records):
+                    fill(i, load_episode(episodes.root / r.file, nbytes=r.nbytes, crc32=r.crc32, keys=small))
+        self.frames, self.actions_raw, self.states = frames, actions, states  # frames: ndarray or DiskFrames
         self.episode_start = ep_start
         self.episode_tasks = ep_tasks
 
