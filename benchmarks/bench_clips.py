@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ import torch
 from foresight.data.clips import ClipDataset, ClipLoader
 from foresight.data.episodes import EpisodeDataset
 
-from experiments.common import argparser, cli_main
+from experiments.common import cli_main
+from foresight.config import build_config
 
 
 def synthetic(n: int, T: int = 100, size: int = 64) -> list[dict]:
@@ -32,17 +34,22 @@ def synthetic(n: int, T: int = 100, size: int = 64) -> list[dict]:
              "states": rng.standard_normal((T, 39)).astype(np.float32), "task": f"t{i % 10}"} for i in range(n)]
 
 
+@dataclass
+class BenchClipsConfig:
+    """Clip-loading throughput."""
+
+    data: str = "/work/data/metaworld_small"  # episode dataset to read
+    synthetic: int = 0                        # use N synthetic episodes instead of --data
+    batch_size: int = 64                      # clips per batch
+    batches: int = 100                        # batches timed
+    threads: int = 2                          # torch CPU threads
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparser(__doc__)
-    p.add_argument("--data", default="/work/data/metaworld_small", help="episode dataset to read")
-    p.add_argument("--synthetic", type=int, default=0, help="use N synthetic episodes instead of --data")
-    p.add_argument("--batch-size", type=int, default=64, help="clips per batch")
-    p.add_argument("--batches", type=int, default=100, help="batches timed")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
+    cfg = build_config(BenchClipsConfig, sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    episodes = synthetic(a.synthetic) if a.synthetic else EpisodeDataset(a.data, split="train")
+    episodes = synthetic(cfg.synthetic) if cfg.synthetic else EpisodeDataset(cfg.data, split="train")
     base = ClipDataset(episodes, context=1, future=11)
     print(f"loaded {len(base.episode_tasks)} episodes, {len(base.frames)} frames, {len(base)} clips "
           f"in {time.perf_counter() - t0:.1f} s ({base.frames.nbytes / 2**20:.0f} MiB of frames)")
@@ -50,11 +57,11 @@ def main(argv: list[str] | None = None) -> None:
         for shift in (0, 4):
             for prefetch in (0, 2):
                 base.augment_shift, base.frames_dtype = shift, dtype
-                loader = ClipLoader(base, batch_size=a.batch_size, shuffle=True, seed=0, prefetch=prefetch)
+                loader = ClipLoader(base, batch_size=cfg.batch_size, shuffle=True, seed=0, prefetch=prefetch)
                 it = iter(loader)
                 next(it)  # warm up
                 n, t = 0, time.perf_counter()
-                for _ in range(a.batches):
+                for _ in range(cfg.batches):
                     try:
                         batch = next(it)
                     except StopIteration:
@@ -63,10 +70,10 @@ def main(argv: list[str] | None = None) -> None:
                     n += batch["frames"].shape[0]
                 dt = time.perf_counter() - t
                 print(f"frames={str(dtype).split('.')[-1]:8s} augment_shift={shift} prefetch={prefetch}: "
-                      f"{n / dt:8.0f} clips/s  (batch {a.batch_size}, {a.batches} batches, "
+                      f"{n / dt:8.0f} clips/s  (batch {cfg.batch_size}, {cfg.batches} batches, "
                       f"shape {list(batch['frames'].shape)})")
     print(f"load average: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, BenchClipsConfig, __doc__)

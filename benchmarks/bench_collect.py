@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import shutil
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,7 +26,8 @@ from envs.demos import collect_demos, format_summary
 from envs.metaworld import MT50_TASKS, expert_policy, make_env
 from foresight.data.episodes import read_manifest
 
-from experiments.common import argparser, cli_main
+from experiments.common import cli_main
+from foresight.config import build_config
 
 
 def step_breakdown(task: str, steps: int, image_size: int) -> dict[str, float]:
@@ -94,41 +96,46 @@ def expert_success(variations: int, workers: int, out: str | None) -> None:
             json.dump(rows, f, indent=1)
 
 
+@dataclass
+class BenchCollectConfig:
+    """Demo-collection speed."""
+
+    tasks: int = 6                    # first N tasks, spread over MT50 (every 50/N-th)
+    demos_per_task: int = 3           # demos collected per task
+    workers: int = 2                  # worker processes
+    image_size: int = 64              # H = W of the frames
+    out: str = "/tmp/bench_collect"   # scratch dataset folder (deleted first)
+    success_only: bool = False        # expert success on all 50 tasks, no pixels
+    json: str | None = None           # write the --success-only table here
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparser(__doc__)
-    p.add_argument("--tasks", type=int, default=6, help="first N tasks, spread over MT50 (every 50/N-th)")
-    p.add_argument("--demos-per-task", type=int, default=3, help="demos collected per task")
-    p.add_argument("--workers", type=int, default=2, help="worker processes")
-    p.add_argument("--image-size", type=int, default=64, help="H = W of the frames")
-    p.add_argument("--out", default="/tmp/bench_collect", help="scratch dataset folder (deleted first)")
-    p.add_argument("--success-only", action="store_true", help="expert success on all 50 tasks, no pixels")
-    p.add_argument("--json", default=None, help="write the --success-only table here")
-    a = p.parse_args(argv)
-    if a.success_only:
-        expert_success(a.demos_per_task, a.workers, a.json)
+    cfg = build_config(BenchCollectConfig, sys.argv[1:] if argv is None else argv)
+    if cfg.success_only:
+        expert_success(cfg.demos_per_task, cfg.workers, cfg.json)
         return
-    b = step_breakdown("pick-place-v3", 60, a.image_size)
-    print(f"one process, {a.image_size}px: physics+policy {b['physics_ms']:.1f} ms/step wall "
+    b = step_breakdown("pick-place-v3", 60, cfg.image_size)
+    print(f"one process, {cfg.image_size}px: physics+policy {b['physics_ms']:.1f} ms/step wall "
           f"({b['physics_cpu_ms']:.1f} CPU), render {b['render_ms']:.1f} ms/frame wall ({b['render_cpu_ms']:.1f} CPU)")
-    tasks = list(MT50_TASKS[:: max(1, len(MT50_TASKS) // a.tasks)])[: a.tasks]
-    shutil.rmtree(a.out, ignore_errors=True)
+    tasks = list(MT50_TASKS[:: max(1, len(MT50_TASKS) // cfg.tasks)])[: cfg.tasks]
+    shutil.rmtree(cfg.out, ignore_errors=True)
     t0 = time.perf_counter()
-    s = collect_demos(a.out, tasks=tasks, demos_per_task=a.demos_per_task, image_size=a.image_size,
-                      workers=a.workers, progress=False)
+    s = collect_demos(cfg.out, tasks=tasks, demos_per_task=cfg.demos_per_task, image_size=cfg.image_size,
+                      workers=cfg.workers, progress=False)
     wall = time.perf_counter() - t0
-    recs = read_manifest(a.out, include_failed=True)
+    recs = read_manifest(cfg.out, include_failed=True)
     frames = sum(r.length for r in recs)
     n = len(recs)
     print(format_summary(s))
     per_demo = wall / n
-    print(f"{n} demos, {frames} frames in {wall:.1f} s wall with {a.workers} workers (incl. pool start-up): "
+    print(f"{n} demos, {frames} frames in {wall:.1f} s wall with {cfg.workers} workers (incl. pool start-up): "
           f"{per_demo:.2f} s/demo wall, {s.worker_seconds / n:.2f} s/demo per worker, {frames / wall:.0f} frames/s")
     cpu_per_demo = s.worker_cpu_seconds / n
     print(f"projected full MT50 (2,500 demos): {2500 * per_demo / 60:.0f} min at this wall rate; "
-          f"{2500 * cpu_per_demo / a.workers / 60:.0f} min from CPU time ({cpu_per_demo:.2f} CPU s/demo) "
-          f"on {a.workers} otherwise idle cores")
+          f"{2500 * cpu_per_demo / cfg.workers / 60:.0f} min from CPU time ({cpu_per_demo:.2f} CPU s/demo) "
+          f"on {cfg.workers} otherwise idle cores")
     print(f"load average: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, BenchCollectConfig, __doc__)

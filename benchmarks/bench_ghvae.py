@@ -26,19 +26,21 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
     sys.path.insert(0, str(_ROOT))
 
-import argparse
 import dataclasses
 import json
 import resource
 import subprocess
 import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 import foresight
 from foresight.models.ghvae import GHVAE, GHVAEConfig
 
-from experiments.common import argparser, cli_main  # noqa: E402
+from experiments.common import cli_main  # noqa: E402
+from foresight.config import build_config  # noqa: E402
 
 
 def _rss_peak_mb() -> float:
@@ -113,22 +115,29 @@ def latency(preset: str, candidates: int, horizon: int, num_modules: int | None,
             "wall_s_min": round(min(walls), 2), "ms_per_candidate_frame": round(1000 * min(walls) / (candidates * horizon), 2)}
 
 
+@dataclass
+class BenchGHVAEConfig:
+    """GHVAE training memory and planning latency."""
+
+    # --preset NAME sets the model preset (the field below), as the other options do
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {name: {"preset": name} for name in GHVAEConfig.PRESETS}
+
+    preset: str = "quick"            # model preset: tiny | quick | paper
+    modules: int | None = None       # K (default: the preset's)
+    batch: int = 8                   # clips per batch
+    threads: int = 2                 # torch CPU threads
+    candidates: int = 200            # candidate action sequences per plan
+    horizon: int = 10                # planned / predicted frames
+    reps: int = 2                    # repetitions of each latency measurement
+    skip_memory: bool = False        # skip the training-memory measurement
+    checkpoint_frozen: bool = False  # also measure greedy phases with checkpoint_frozen=True (recomputed backward)
+    skip_latency: bool = False       # skip the planning-latency measurement
+    stage: str | None = None         # internal: the child process measures this one training stage
+    out: str | None = None           # write the results (JSON) here
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparser(__doc__)
-    ap.add_argument("--preset", default="quick", help="model preset: tiny | quick | paper")
-    ap.add_argument("--modules", type=int, default=None, help="K (default: the preset's)")
-    ap.add_argument("--batch", type=int, default=8, help="clips per batch")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--candidates", type=int, default=200, help="candidate action sequences per plan")
-    ap.add_argument("--horizon", type=int, default=10, help="planned / predicted frames")
-    ap.add_argument("--reps", type=int, default=2, help="repetitions of each latency measurement")
-    ap.add_argument("--skip-memory", action="store_true", help="skip the training-memory measurement")
-    ap.add_argument("--checkpoint-frozen", action="store_true", help="also measure greedy phases with "
-                    "checkpoint_frozen=True (frozen decoders recomputed in backward)")
-    ap.add_argument("--skip-latency", action="store_true", help="skip the planning-latency measurement")
-    ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # internal: child process
-    ap.add_argument("--out", default=None, help="write the results (JSON) here")
-    args = ap.parse_args(argv)
+    args = build_config(BenchGHVAEConfig, sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     if args.stage:  # child: one configuration, JSON on the last line
         print(json.dumps(measure_stage(args.preset, args.stage, args.batch, args.modules, args.checkpoint_frozen)))
@@ -163,4 +172,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, BenchGHVAEConfig, __doc__)

@@ -18,6 +18,8 @@ if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without i
 
 import json
 import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -25,7 +27,8 @@ import foresight
 from foresight.checkpoint import atomic_write_json
 from foresight.models.harp import Harp, HarpConfig
 
-from experiments.common import argparser, cli_main  # noqa: E402
+from experiments.common import cli_main  # noqa: E402
+from foresight.config import build_config  # noqa: E402
 
 
 def timed(fn):
@@ -34,14 +37,22 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+@dataclass
+class BenchHarpSamplingConfig:
+    """HARP sampling speed."""
+
+    # --preset NAME sets the model preset (the field below), as the other options do
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {name: {"preset": name} for name in HarpConfig.PRESETS}
+
+    preset: str = "quick"    # model preset: tiny | quick | paper
+    threads: int = 2         # torch CPU threads
+    horizon: int = 10        # planned / predicted frames
+    candidates: int = 64     # candidate action sequences per plan
+    out: str | None = None   # write the results (JSON) here
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparser(__doc__)
-    ap.add_argument("--preset", default="quick", help="model preset: tiny | quick | paper")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--horizon", type=int, default=10, help="planned / predicted frames")
-    ap.add_argument("--candidates", type=int, default=64, help="candidate action sequences per plan")
-    ap.add_argument("--out", default=None, help="write the results (JSON) here")
-    args = ap.parse_args(argv)
+    args = build_config(BenchHarpSamplingConfig, sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = foresight.preset(HarpConfig, args.preset)
@@ -73,4 +84,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, BenchHarpSamplingConfig, __doc__)

@@ -28,6 +28,8 @@ if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without i
 import contextlib
 import json
 import time
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -35,7 +37,8 @@ import foresight
 from foresight.checkpoint import atomic_write_json
 from foresight.models.harp import Harp, HarpConfig
 
-from experiments.common import argparser, cli_main  # noqa: E402
+from experiments.common import UsageError, cli_main  # noqa: E402
+from foresight.config import build_config  # noqa: E402
 
 # dense bf16 tensor-core peak, TFLOP/s (vendor data sheets, SXM parts)
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "RTX 4090": 165.2}
@@ -60,24 +63,35 @@ def matmul_params(model: Harp) -> int:
     return sum(p.numel() for p in tr.transformer.parameters() if p.ndim == 2) + tr.head.weight.numel()
 
 
+@dataclass
+class BenchHarpThroughputConfig:
+    """HARP training and sampling throughput."""
+
+    # --preset NAME sets the model preset (the field below), as the other options do
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {name: {"preset": name} for name in HarpConfig.PRESETS}
+
+    preset: str = "paper"                        # model preset: tiny | quick | paper
+    device: str = "auto"                         # torch device (auto: cuda if available, else cpu)
+    precision: Literal["bf16", "fp32"] = "bf16"  # training precision
+    batch: int = 16                              # clips per batch
+    steps: int = 20                              # timed training steps
+    warmup: int = 3                              # untimed training steps first
+    candidates: int = 200                        # candidate action sequences per plan
+    horizon: int = 10                            # planned / predicted frames
+    peak_tflops: float | None = None             # accelerator's dense peak for the MFU
+    threads: int | None = None                   # torch CPU threads (CPU runs)
+    out: str | None = None                       # write the results (JSON) here
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparser(__doc__)
-    ap.add_argument("--preset", default="paper", help="model preset: tiny | quick | paper")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="torch device (default: cuda if available)")
-    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="training precision")
-    ap.add_argument("--batch", type=int, default=16, help="clips per batch")
-    ap.add_argument("--steps", type=int, default=20, help="timed training steps")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
-    ap.add_argument("--candidates", type=int, default=200, help="candidate action sequences per plan")
-    ap.add_argument("--horizon", type=int, default=10, help="planned / predicted frames")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="accelerator's dense peak for the MFU")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs)")
-    ap.add_argument("--out", default=None, help="write the results (JSON) here")
-    args = ap.parse_args(argv)
+    args = build_config(BenchHarpThroughputConfig, sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    try:
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto"
+                              else args.device)
+    except RuntimeError as e:
+        raise UsageError(f"--device {args.device}: not a torch device ({e})") from None
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
@@ -147,4 +161,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, BenchHarpThroughputConfig, __doc__)

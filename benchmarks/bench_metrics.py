@@ -24,11 +24,14 @@ from dataclasses import asdict, dataclass
 import torch
 
 from foresight.checkpoint import atomic_write_json  # noqa: E402
-from experiments.common import cli_main, dataclass_argparser  # noqa: E402
+from experiments.common import cli_main  # noqa: E402
+from foresight.config import build_config  # noqa: E402
 
 
 @dataclass
 class Args:
+    """Metric throughput on synthetic clips."""
+
     clips: int = 256  # number of clips (real and fake each)
     frames: int = 12  # frames per clip (I3D needs >= 9)
     size: int = 64  # frame height = width
@@ -43,10 +46,6 @@ class Args:
     out: str = ""  # optional JSON output path
 
 
-def parse(argv: list[str] | None = None) -> Args:
-    return Args(**vars(dataclass_argparser(Args, __doc__).parse_args(argv)))
-
-
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -54,20 +53,20 @@ def timed(fn):
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(argv)
-    torch.set_num_threads(args.threads)
+    cfg = build_config(Args, sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(cfg.threads)
     from foresight.metrics import LPIPS, load_i3d, psnr, ssim
     from foresight.metrics.fvd import fvd_from_features, i3d_features
 
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
     # Smooth random clips (upsampled noise) look more like video than white noise does.
-    base = torch.rand(args.clips, args.frames, 3, args.size // 8, args.size // 8, generator=g)
-    real = torch.nn.functional.interpolate(base.flatten(0, 1), size=(args.size, args.size), mode="bilinear").view(
-        args.clips, args.frames, 3, args.size, args.size
+    base = torch.rand(cfg.clips, cfg.frames, 3, cfg.size // 8, cfg.size // 8, generator=g)
+    real = torch.nn.functional.interpolate(base.flatten(0, 1), size=(cfg.size, cfg.size), mode="bilinear").view(
+        cfg.clips, cfg.frames, 3, cfg.size, cfg.size
     )
-    fake = (real + args.noise * torch.randn(real.shape, generator=g)).clamp(0, 1)
-    n_frames = args.clips * args.frames
-    res: dict = {"args": asdict(args), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+    fake = (real + cfg.noise * torch.randn(real.shape, generator=g)).clamp(0, 1)
+    n_frames = cfg.clips * cfg.frames
+    res: dict = {"args": asdict(cfg), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
                  "torch": torch.__version__, "load_avg_start": os.getloadavg()}
 
     with torch.inference_mode():
@@ -75,27 +74,27 @@ def main(argv: list[str] | None = None) -> None:
         res["psnr_s"], res["psnr_frames_per_s"] = t, n_frames / t
         _, t = timed(lambda: ssim(fake, real))
         res["ssim_s"], res["ssim_frames_per_s"] = t, n_frames / t
-    lp, t = timed(lambda: LPIPS().to(args.device))
+    lp, t = timed(lambda: LPIPS().to(cfg.device))
     res["lpips_load_s"] = t
-    d, t = timed(lambda: lp.distance(fake.to(args.device), real.to(args.device), batch_size=args.lpips_batch))
+    d, t = timed(lambda: lp.distance(fake.to(cfg.device), real.to(cfg.device), batch_size=cfg.lpips_batch))
     res["lpips_s"], res["lpips_frames_per_s"], res["lpips_mean"] = t, n_frames / t, float(d.mean())
     print(json.dumps({k: v for k, v in res.items() if k != "args"}, indent=1), flush=True)
 
-    if not args.skip_fvd:
-        n = args.clips if args.fvd_clips < 0 else args.fvd_clips
-        i3d, t = timed(lambda: load_i3d(device=args.device))
+    if not cfg.skip_fvd:
+        n = cfg.clips if cfg.fvd_clips < 0 else cfg.fvd_clips
+        i3d, t = timed(lambda: load_i3d(device=cfg.device))
         res["i3d_load_s"] = t
-        kw = dict(i3d=i3d, batch_size=args.i3d_batch, device=args.device, progress=True)
+        kw = dict(i3d=i3d, batch_size=cfg.i3d_batch, device=cfg.device, progress=True)
         f_real, t_real = timed(lambda: i3d_features(real[:n], **kw))
         f_fake, t_fake = timed(lambda: i3d_features(fake[:n], **kw))
         value, t_fd = timed(lambda: fvd_from_features(f_real, f_fake))
-        res.update(fvd=value, fvd_clips=n, fvd_frames=args.frames, fvd_features_s=t_real + t_fake,
+        res.update(fvd=value, fvd_clips=n, fvd_frames=cfg.frames, fvd_features_s=t_real + t_fake,
                    fvd_frechet_s=t_fd, fvd_total_s=t_real + t_fake + t_fd, i3d_clips_per_s=2 * n / (t_real + t_fake))
     res["load_avg_end"] = os.getloadavg()
     print(json.dumps(res, indent=1))
-    if args.out:
-        atomic_write_json(args.out, res, indent=1)
+    if cfg.out:
+        atomic_write_json(cfg.out, res, indent=1)
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, Args, __doc__)

@@ -4,6 +4,8 @@
     python benchmarks/bench_planners.py latency --models copy_last,conv,harp,ghvae,simulator \
         --samples 200 --iterations 3 --horizon 10
 
+The first word names the benchmark (the same as ``what=optimizers`` / ``--what latency``).
+
 Latency = wall time of one `VisualMPC` planning step (the time per executed action when replanning every step),
 on whatever device torch picks (CPU here). Learned models are built from their "quick" preset with random
 weights: latency does not depend on training. The simulator model renders only the final frame (final-step cost).
@@ -22,6 +24,7 @@ if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without i
 import json
 import os
 import time
+from dataclasses import dataclass
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -31,7 +34,8 @@ import torch
 from agents.mpc import VisualMPC
 from agents.optimizers import CEM, ICEM, MPPI, RandomShooting
 
-from experiments.common import argparser, cli_main  # noqa: E402
+from experiments.common import UsageError, cli_main  # noqa: E402
+from foresight.config import build_config  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- optimisers
@@ -144,34 +148,45 @@ def bench_latency(models: list[str], samples: int, iterations: int, horizon: int
     return rows
 
 
+BENCHMARKS = ("optimizers", "latency")
+
+
+@dataclass
+class BenchPlannersConfig:
+    """Planner benchmarks."""
+
+    what: str = ""            # which benchmark: optimizers (optimiser convergence) | latency (planning latency)
+    models: tuple[str, ...] = ("copy_last", "conv", "harp", "ghvae", "simulator")  # models of the latency benchmark
+    samples: int = 200        # candidate plans per iteration
+    iterations: int = 3       # optimiser iterations per plan
+    horizon: int = 10         # planned / predicted frames
+    measure_samples: int = 0  # measure with this population, extrapolate linearly to samples (0 = measure samples)
+    repeats: int = 2          # repetitions of each measurement
+    cost: str = "pixel"       # planning cost: pixel | lpips | embedding
+    threads: int = 1          # torch CPU threads
+    out: str = ""             # write the rows as JSON here
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparser(__doc__)
-    p.add_argument("what", choices=["optimizers", "latency"],
-                   help="which benchmark: optimiser convergence or planning latency")
-    p.add_argument("--models", default="copy_last,conv,harp,ghvae,simulator",
-                   help="comma-separated models for the latency benchmark")
-    p.add_argument("--samples", type=int, default=200, help="candidate plans per iteration")
-    p.add_argument("--iterations", type=int, default=3, help="optimiser iterations per plan")
-    p.add_argument("--horizon", type=int, default=10, help="planned / predicted frames")
-    p.add_argument("--measure-samples", type=int, default=0,
-                   help="measure with this population and extrapolate linearly to --samples (0 = measure --samples)")
-    p.add_argument("--repeats", type=int, default=2, help="repetitions of each measurement")
-    p.add_argument("--cost", default="pixel", help="planning cost: pixel | lpips | embedding")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--out", default="", help="write the rows as JSON here")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.what == "optimizers":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and "=" not in argv[0] and not argv[0].startswith("-"):  # `bench_planners.py latency --models ...`
+        argv = [f"what={argv[0]}", *argv[1:]]
+    cfg = build_config(BenchPlannersConfig, argv)
+    if cfg.what not in BENCHMARKS:
+        got = f", got {cfg.what!r}" if cfg.what else " (required)"
+        raise UsageError(f"what: expected one of {', '.join(BENCHMARKS)} (e.g. `bench_planners.py optimizers`){got}")
+    torch.set_num_threads(cfg.threads)
+    if cfg.what == "optimizers":
         rows = bench_optimizers(horizon=5, action_dim=2) + bench_optimizers(horizon=10, action_dim=4)
         for r in rows:
             print(json.dumps(r))
     else:
-        rows = bench_latency(args.models.split(","), args.samples, args.iterations, args.horizon, args.measure_samples,
-                             args.repeats, args.cost)
-    if args.out:
-        with open(args.out, "w") as f:
+        rows = bench_latency(list(cfg.models), cfg.samples, cfg.iterations, cfg.horizon, cfg.measure_samples,
+                             cfg.repeats, cfg.cost)
+    if cfg.out:
+        with open(cfg.out, "w") as f:
             json.dump(rows, f, indent=2)
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, BenchPlannersConfig, __doc__)

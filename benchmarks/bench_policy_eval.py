@@ -27,8 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import platform
 import subprocess
 import time
+from dataclasses import dataclass
 
-from experiments.common import argparser, cli_main
+from experiments.common import cli_main
+from foresight.config import build_config
 
 METHODS = ("harp", "cnn_lstm", "cnn_transformer")
 
@@ -76,29 +78,34 @@ def measure(method: str, cache: bool, batch: int, *, trials: int, max_steps: int
             "seconds": round(seconds, 2), "steps_per_second": round(steps / seconds, 1)}
 
 
+@dataclass
+class BenchPolicyEvalConfig:
+    """MT50 evaluation throughput."""
+
+    methods: tuple[str, ...] = METHODS  # methods measured
+    batches: tuple[int, ...] = (4, 8)   # envs_per_worker values for cache+batch
+    trials: int = 8                     # episodes per setting (a multiple of every batch)
+    max_steps: int = 50                 # steps per episode
+    image_size: int = 64                # H = W of the frames
+    future_frames: int = 3              # policy window = 1 + this (mt50_bc's CPU default)
+    out: str = ""                       # write the results here as JSON
+
+
 def main(argv: list[str] | None = None) -> dict:
-    p = argparser(__doc__)
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
-    p.add_argument("--batches", default="4,8", help="comma-separated envs_per_worker values for cache+batch")
-    p.add_argument("--trials", type=int, default=8, help="episodes per setting (a multiple of every batch)")
-    p.add_argument("--max-steps", type=int, default=50, help="steps per episode")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--future-frames", type=int, default=3, help="policy window = 1 + this (mt50_bc's CPU default)")
-    p.add_argument("--out", default="", help="write the results here as JSON")
-    args = p.parse_args(argv)
+    cfg = build_config(BenchPolicyEvalConfig, sys.argv[1:] if argv is None else argv)
     import torch
 
     from foresight.checkpoint import atomic_write_json
 
     torch.set_num_threads(1)
-    batches = [int(b) for b in args.batches.split(",") if b]
+    batches = list(cfg.batches)
     rows = []
-    for method in args.methods.split(","):
+    for method in cfg.methods:
         settings = [(False, 1), (True, 1)] + [(True, b) for b in batches]
         base = None
         for cache, batch in settings:
-            row = measure(method, cache, batch, trials=args.trials, max_steps=args.max_steps,
-                          image_size=args.image_size, future_frames=args.future_frames)
+            row = measure(method, cache, batch, trials=cfg.trials, max_steps=cfg.max_steps,
+                          image_size=cfg.image_size, future_frames=cfg.future_frames)
             base = base or row["steps_per_second"]
             row["speedup"] = round(row["steps_per_second"] / base, 2)
             rows.append(row)
@@ -108,11 +115,11 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"command": "python benchmarks/bench_policy_eval.py " + " ".join(argv or sys.argv[1:]),
                "date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": platform.processor() or platform.machine(),
                "cpu_count": os.cpu_count(), "torch_threads": 1, "load_average": list(os.getloadavg()), "rows": rows}
-    if args.out:
-        atomic_write_json(args.out, results)
-        print(f"wrote {args.out}")
+    if cfg.out:
+        atomic_write_json(cfg.out, results)
+        print(f"wrote {cfg.out}")
     return results
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, BenchPolicyEvalConfig, __doc__)

@@ -21,13 +21,16 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from foresight.data import robonet as rn
 from foresight.data import robonet_io
 
-from experiments.common import argparser, cli_main  # noqa: E402
+from experiments.common import UsageError, cli_main  # noqa: E402
+from foresight.config import build_config  # noqa: E402
 
 
 def time_loader(ds, *, batch_size: int, num_workers: int, epochs: int) -> tuple[float, float | None]:
@@ -55,20 +58,26 @@ def _children_cpu() -> float:
     return t.children_user + t.children_system
 
 
+@dataclass
+class BenchRoboNetConfig:
+    """RoboNet loader throughput."""
+
+    files: int = 24                            # synthetic RoboNet-layout files written
+    steps: int = 31                            # recorded steps per file
+    frame_size: tuple[int, ...] = (240, 320)   # recorded frame height and width
+    cams: int = 1                              # camera streams per file
+    workers: tuple[int, ...] = (0, 2)          # DataLoader worker counts measured
+    epochs: int = 2                            # passes over the files per measurement
+    batch_size: int = 8                        # clips per batch
+    mp4_backends: tuple[Literal["pyav", "ffmpeg"], ...] = ("pyav", "ffmpeg")  # video decoders measured
+    sizes: tuple[int, ...] = (64, 256)         # output frame sizes measured
+    out: str | None = None                     # write the results as JSON here
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparser(__doc__)
-    p.add_argument("--files", type=int, default=24, help="synthetic RoboNet-layout files written")
-    p.add_argument("--steps", type=int, default=31, help="recorded steps per file")
-    p.add_argument("--frame-size", type=int, nargs=2, default=(240, 320), help="recorded frame height and width")
-    p.add_argument("--cams", type=int, default=1, help="camera streams per file")
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts measured")
-    p.add_argument("--epochs", type=int, default=2, help="passes over the files per measurement")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per batch")
-    p.add_argument("--mp4-backends", nargs="+", default=["pyav", "ffmpeg"], choices=["pyav", "ffmpeg"],
-                   help="video decoders measured")
-    p.add_argument("--sizes", type=int, nargs="+", default=[64, 256], help="output frame sizes measured")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    args = p.parse_args(argv)
+    cfg = build_config(BenchRoboNetConfig, sys.argv[1:] if argv is None else argv)
+    if len(cfg.frame_size) != 2:
+        raise UsageError(f"frame_size: expected 2 ints (height width), got {list(cfg.frame_size)}")
     torch.set_num_threads(1)
 
     rows = []
@@ -77,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
             folder = Path(tmp) / encoding
             folder.mkdir()
             t0 = time.perf_counter()
-            rn.write_synthetic_trajectories(folder, args.files, steps=args.steps, frame_size=tuple(args.frame_size),
-                                            num_cams=args.cams, encoding=encoding, seed=0)
+            rn.write_synthetic_trajectories(folder, cfg.files, steps=cfg.steps, frame_size=tuple(cfg.frame_size),
+                                            num_cams=cfg.cams, encoding=encoding, seed=0)
             write_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             index = rn.RoboNetIndex.build(folder, progress=False)
@@ -87,18 +96,18 @@ def main(argv: list[str] | None = None) -> None:
             rn.RoboNetIndex.build(folder, progress=False)
             cached_s = time.perf_counter() - t0
             mb = sum(p.stat().st_size for p in index.paths) / len(index) / 1e6
-            print(f"[{encoding}] {args.files} files, {mb:.2f} MB each; write {args.files / write_s:.1f} files/s; "
-                  f"index {args.files / index_s:.0f} files/s (cached rebuild {cached_s * 1e3:.1f} ms)")
-            backends = [b for b in args.mp4_backends if b != "pyav" or robonet_io._have_pyav()]
+            print(f"[{encoding}] {cfg.files} files, {mb:.2f} MB each; write {cfg.files / write_s:.1f} files/s; "
+                  f"index {cfg.files / index_s:.0f} files/s (cached rebuild {cached_s * 1e3:.1f} ms)")
+            backends = [b for b in cfg.mp4_backends if b != "pyav" or robonet_io._have_pyav()]
             for backend in backends if encoding == "mp4" else [None]:
                 if backend is not None:  # forked DataLoader workers inherit the choice
                     robonet_io._have_pyav = (lambda use: (lambda: use))(backend == "pyav")
-                for size in args.sizes:
+                for size in cfg.sizes:
                     for random_start in (False, True):
                         ds = rn.RoboNetClipDataset(index=index, image_size=size, random_start=random_start, seed=0)
-                        for w in args.workers:
-                            cps, cpu = time_loader(ds, batch_size=args.batch_size, num_workers=w,
-                                                   epochs=args.epochs)
+                        for w in cfg.workers:
+                            cps, cpu = time_loader(ds, batch_size=cfg.batch_size, num_workers=w,
+                                                   epochs=cfg.epochs)
                             rows.append({"encoding": encoding, "mp4_backend": backend, "image_size": size,
                                          "random_start": random_start, "num_workers": w,
                                          "clips_per_s": round(cps, 1),
@@ -123,15 +132,15 @@ def main(argv: list[str] | None = None) -> None:
                 cps = n / (time.perf_counter() - t0)
                 rows.append({"encoding": "converted-episodes", "image_size": 64, "random_start": True,
                              "num_workers": 0, "clips_per_s": round(cps, 1)})
-                print(f"[converted] {args.files / convert_s:.1f} files/s to convert; ClipLoader 64x64: {cps:.0f} clips/s")
+                print(f"[converted] {cfg.files / convert_s:.1f} files/s to convert; ClipLoader 64x64: {cps:.0f} clips/s")
 
     info = {"machine": f"{platform.machine()} {os.cpu_count()} cpus", "load_average": os.getloadavg(),
-            "torch_threads": 1, "files": args.files,
-            "steps": args.steps, "frame_size": list(args.frame_size), "cams": args.cams, "results": rows}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(info, indent=1))
+            "torch_threads": 1, "files": cfg.files,
+            "steps": cfg.steps, "frame_size": list(cfg.frame_size), "cams": cfg.cams, "results": rows}
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(json.dumps(info, indent=1))
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, BenchRoboNetConfig, __doc__)

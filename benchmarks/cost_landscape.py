@@ -16,6 +16,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -25,9 +26,10 @@ if str(_ROOT) not in sys.path:
 import numpy as np
 import torch
 
-from experiments.common import argparser, cli_main
+from experiments.common import cli_main
+from foresight.config import build_config
 
-TASKS5 = "reach-v3,button-press-topdown-v3,drawer-close-v3,door-open-v3,push-v3"
+TASKS5 = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3", "door-open-v3", "push-v3")
 
 
 def expert_path(task: str, variation: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,25 +50,30 @@ def expert_path(task: str, variation: int, image_size: int) -> tuple[torch.Tenso
     return to(np.stack(frames)), to(goal.image)
 
 
+@dataclass
+class CostLandscapeConfig:
+    """Goal costs along the expert's path."""
+
+    tasks: tuple[str, ...] = TASKS5                        # Meta-World task names
+    variations: tuple[int, ...] = (10000, 10001, 10002)    # goal variations
+    blurs: tuple[float, ...] = (0, 2, 4)                   # Gaussian sigmas (pixels) of the pixel cost
+    image_size: int = 64                                   # frame size
+    out: str = ""                                          # write the results here as JSON
+
+
 def main(argv: list[str] | None = None) -> dict:
-    p = argparser(__doc__)
-    p.add_argument("--tasks", default=TASKS5, help="comma-separated Meta-World task names")
-    p.add_argument("--variations", default="10000,10001,10002", help="comma-separated goal variations")
-    p.add_argument("--blurs", default="0,2,4", help="Gaussian sigmas (pixels) of the pixel cost")
-    p.add_argument("--image-size", type=int, default=64, help="frame size")
-    p.add_argument("--out", default="", help="write the results here as JSON")
-    args = p.parse_args(argv)
+    cfg = build_config(CostLandscapeConfig, sys.argv[1:] if argv is None else argv)
     from agents.costs import LPIPSCost, PixelCost
     from foresight.checkpoint import atomic_write_json
 
     torch.set_num_threads(1)
     results: dict = {"tasks": {}, "command": "python benchmarks/cost_landscape.py " + " ".join(argv or sys.argv[1:])}
     lpips = None
-    for task in args.tasks.split(","):
+    for task in cfg.tasks:
         per_var = []
-        for v in (int(x) for x in args.variations.split(",")):
-            frames, goal = expert_path(task, v, args.image_size)
-            costs = {f"pixel_blur{b}": PixelCost(goal, blur=float(b)) for b in args.blurs.split(",")}
+        for v in cfg.variations:
+            frames, goal = expert_path(task, v, cfg.image_size)
+            costs = {f"pixel_blur{b:g}": PixelCost(goal, blur=float(b)) for b in cfg.blurs}
             lp = LPIPSCost(goal, lpips=lpips)
             lpips = lp.lpips
             costs["lpips"] = lp
@@ -80,11 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
             per_var.append(row)
             print(task, v, {k: r["max_rise"] for k, r in row.items() if isinstance(r, dict)})
         results["tasks"][task] = per_var
-    if args.out:
-        atomic_write_json(args.out, results)
-        print(f"wrote {args.out}")
+    if cfg.out:
+        atomic_write_json(cfg.out, results)
+        print(f"wrote {cfg.out}")
     return results
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, CostLandscapeConfig, __doc__)

@@ -24,6 +24,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -34,26 +35,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments.common import UsageError, argparser, cli_main
+from experiments.common import UsageError, cli_main
+from foresight.config import build_config
 
 
 def _sq(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return (a - b).pow(2).flatten(1).sum(1).numpy()
 
 
+@dataclass
+class CostValidityConfig:
+    """Rank correlation of goal costs with the true distance to the goal."""
+
+    task: str = "reach-v3"                                # Meta-World task name
+    variations: tuple[int, ...] = (10000, 10001, 10002)   # goal variations
+    plans: int = 100                                      # random plans per variation
+    model: str = ""                                       # a saved world model (GHVAE: its encodings and embedding too)
+    blurs: tuple[float, ...] = (0, 2, 4)                  # Gaussian sigmas (pixels) of the pixel cost
+    pool: int = 16                                        # R of the area-pooled R x R image cost
+    seed: int = 0                                         # seed of the random plans
+    out: str = ""                                         # write the results here as JSON
+
+
 def main(argv: list[str] | None = None) -> dict:
-    p = argparser(__doc__)
-    p.add_argument("--task", default="reach-v3", help="Meta-World task name")
-    p.add_argument("--variations", default="10000,10001,10002", help="comma-separated goal variations")
-    p.add_argument("--plans", type=int, default=100, help="random plans per variation")
-    p.add_argument("--model", default="", help="a saved world model (GHVAE: its encodings and embedding too)")
-    p.add_argument("--blurs", default="0,2,4", help="Gaussian sigmas (pixels) of the pixel cost")
-    p.add_argument("--pool", type=int, default=16, help="R of the area-pooled R x R image cost")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random plans")
-    p.add_argument("--out", default="", help="write the results here as JSON")
-    args = p.parse_args(argv)
-    if args.plans < 3:
-        raise UsageError(f"--plans: need at least 3 plans for a rank correlation, got {args.plans}")
+    cfg = build_config(CostValidityConfig, sys.argv[1:] if argv is None else argv)
+    if cfg.plans < 3:
+        raise UsageError(f"--plans: need at least 3 plans for a rank correlation, got {cfg.plans}")
     from scipy.stats import spearmanr
 
     import foresight
@@ -66,12 +73,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(1)
     model = None
-    if args.model:
-        if not Path(args.model).exists():
-            raise UsageError(f"--model: {args.model} does not exist")
-        model = foresight.load(args.model).eval()
-    blurs = [float(b) for b in args.blurs.split(",") if b.strip()]
-    variations = [int(v) for v in args.variations.split(",")]
+    if cfg.model:
+        if not Path(cfg.model).exists():
+            raise UsageError(f"--model: {cfg.model} does not exist")
+        model = foresight.load(cfg.model).eval()
+    blurs = [float(b) for b in cfg.blurs]
+    variations = list(cfg.variations)
     rho: dict[str, list[float]] = {}
 
     def add(name: str, cost: np.ndarray, dist: np.ndarray) -> None:
@@ -79,21 +86,21 @@ def main(argv: list[str] | None = None) -> dict:
         rho.setdefault(name, []).append(float(r))
 
     for var in variations:
-        env = make_env(args.task, image_size=64, variation_seed=var)
-        goal = make_goal(args.task, var, image_size=64)
+        env = make_env(cfg.task, image_size=64, variation_seed=var)
+        goal = make_goal(cfg.task, var, image_size=64)
         obs, _ = env.reset()
         sim = SimulatorWorldModel.for_env(env, render_steps="final")
         sim.sync(env)
-        g = torch.Generator().manual_seed(args.seed + var)
-        plans = (torch.rand(args.plans, 5, env.action_space.shape[0], generator=g) * 2 - 1).repeat_interleave(2, 1)
-        real = sim.predict(torch.zeros(args.plans, 1, 3, 64, 64), plans)[:, 0, -1]  # [N, 3, 64, 64]
+        g = torch.Generator().manual_seed(cfg.seed + var)
+        plans = (torch.rand(cfg.plans, 5, env.action_space.shape[0], generator=g) * 2 - 1).repeat_interleave(2, 1)
+        real = sim.predict(torch.zeros(cfg.plans, 1, 3, 64, 64), plans)[:, 0, -1]  # [N, 3, 64, 64]
         dist = np.array([_state_distance(s, goal.state) for s in sim.last_final_states])
         gi = goal.as_tensor()[None]  # [1, 3, 64, 64]
         for s in blurs:
             blur = (lambda x: x) if s == 0 else (lambda x, s=s: gaussian_blur(x, s))
             add(f"real frame: pixel, blur {s:g}", _sq(blur(real), blur(gi)), dist)
-        add(f"real frame: pooled {args.pool}x{args.pool}",
-            _sq(F.adaptive_avg_pool2d(real, args.pool), F.adaptive_avg_pool2d(gi, args.pool)), dist)
+        add(f"real frame: pooled {cfg.pool}x{cfg.pool}",
+            _sq(F.adaptive_avg_pool2d(real, cfg.pool), F.adaptive_avg_pool2d(gi, cfg.pool)), dist)
         if model is not None:
             with torch.no_grad():
                 if hasattr(model, "encode"):
@@ -104,26 +111,26 @@ def main(argv: list[str] | None = None) -> dict:
                         add(f"real frame: model h{j}, cosine",
                             (1 - F.cosine_similarity(h.flatten(1), hg.flatten(1))).numpy(), dist)
                 ctx = torch.from_numpy(obs["image"]).permute(2, 0, 1).float().div(255)[None, None]
-                ctx = ctx.expand(args.plans, model.context_frames, -1, -1, -1)
-                pred = model.predict(ctx, plans, seed=args.seed)[:, 0, -1]
+                ctx = ctx.expand(cfg.plans, model.context_frames, -1, -1, -1)
+                pred = model.predict(ctx, plans, seed=cfg.seed)[:, 0, -1]
                 for s in blurs:
                     blur = (lambda x: x) if s == 0 else (lambda x, s=s: gaussian_blur(x, s))
                     add(f"predicted frame: pixel, blur {s:g}", _sq(blur(pred), blur(gi)), dist)
                 if getattr(model, "supports_embeddings", False):
-                    emb = model.predict_embeddings(ctx, plans, seed=args.seed)[:, 0, -1]
+                    emb = model.predict_embeddings(ctx, plans, seed=cfg.seed)[:, 0, -1]
                     add("model embedding cost (predict_embeddings vs embed(goal))", _sq(emb, model.embed(gi)), dist)
         env.close()
 
     width = max(len(k) for k in rho)
     for name, values in rho.items():
         print(f"{name:{width}s}  " + " ".join(f"{v:+.2f}" for v in values))
-    result = {"task": args.task, "variations": variations, "plans": args.plans, "model": args.model or None,
+    result = {"task": cfg.task, "variations": variations, "plans": cfg.plans, "model": cfg.model or None,
               "spearman_vs_state_distance": rho}
-    if args.out:
-        atomic_write_json(args.out, result)
-        print(f"wrote {args.out}")
+    if cfg.out:
+        atomic_write_json(cfg.out, result)
+        print(f"wrote {cfg.out}")
     return result
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, CostValidityConfig, __doc__)

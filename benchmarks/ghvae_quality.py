@@ -27,6 +27,8 @@ if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without i
 import dataclasses
 import json
 import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -40,7 +42,8 @@ from foresight.viz import save_strip
 
 from _budget import first_clip_per_task, jsonl_logger, train_for as _train_for
 
-from experiments.common import argparser, cli_main  # noqa: E402
+from experiments.common import cli_main  # noqa: E402
+from foresight.config import build_config  # noqa: E402
 
 
 def train_for(model, dataset, minutes, *, lr, batch, rng, log, warmup=20):
@@ -62,25 +65,32 @@ def evaluate(model: GHVAE, context, actions, truth, *, samples: int, seed: int) 
             "seconds": round(time.perf_counter() - t0, 1)}, pred
 
 
+@dataclass
+class GHVAEQualityConfig:
+    """GHVAE quality under a wall-clock budget."""
+
+    # --preset NAME sets the model preset (the field below), as the other options do
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {name: {"preset": name} for name in GHVAEConfig.PRESETS}
+
+    data: str = "/work/data/metaworld_small"  # episode dataset (experiments/collect_metaworld.py)
+    out: str = "runs/ghvae_quality"           # run directory (models, metrics, strip)
+    preset: str = "quick"                     # model preset: tiny | quick | paper
+    modules: int | None = None                # K (default: the preset's)
+    phase_minutes: float = 2.5                # budget of each greedy phase
+    finetune_minutes: float = 1.5             # 0 skips the end-to-end fine-tune
+    e2e_minutes: float | None = None          # default: K * phase-minutes
+    train_future: int = 6                     # future frames per training clip (eval uses 10)
+    threads: int = 2                          # torch CPU threads
+    batch: int = 8                            # clips per batch
+    lr: float = 1e-3                          # peak learning rate
+    warmup: int = 20                          # linear lr warm-up steps of each phase
+    eval_clips: int = 32                      # held-out clips evaluated
+    samples: int = 2                          # prior samples per held-out clip (best one scored)
+    seed: int = 0                             # random seed
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparser(__doc__)
-    ap.add_argument("--data", default="/work/data/metaworld_small",
-                    help="episode dataset (experiments/collect_metaworld.py)")
-    ap.add_argument("--out", default="runs/ghvae_quality", help="run directory (models, metrics, strip)")
-    ap.add_argument("--preset", default="quick", help="model preset: tiny | quick | paper")
-    ap.add_argument("--modules", type=int, default=None, help="K (default: the preset's)")
-    ap.add_argument("--phase-minutes", type=float, default=2.5, help="budget of each greedy phase")
-    ap.add_argument("--finetune-minutes", type=float, default=1.5, help="0 skips the end-to-end fine-tune")
-    ap.add_argument("--e2e-minutes", type=float, default=None, help="default: K * phase-minutes")
-    ap.add_argument("--train-future", type=int, default=6, help="future frames per training clip (eval uses 10)")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--batch", type=int, default=8, help="clips per batch")
-    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    ap.add_argument("--warmup", type=int, default=20, help="linear lr warm-up steps of each phase")
-    ap.add_argument("--eval-clips", type=int, default=32, help="held-out clips evaluated")
-    ap.add_argument("--samples", type=int, default=2, help="prior samples per held-out clip (best one scored)")
-    ap.add_argument("--seed", type=int, default=0, help="random seed")
-    args = ap.parse_args(argv)
+    args = build_config(GHVAEQualityConfig, sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,4 +183,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, GHVAEQualityConfig, __doc__)

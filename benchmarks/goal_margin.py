@@ -16,15 +16,15 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-import numpy as np
-
-from experiments.common import argparser, cli_main
+from experiments.common import UsageError, cli_main
+from foresight.config import build_config
 
 
 def expert_margin(env, task: str, variation: int, extra: int) -> dict:
@@ -44,28 +44,43 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
 
 
+@dataclass
+class GoalMarginConfig:
+    """How far inside the success region the goal images lie."""
+
+    tasks: tuple[str, ...] = ("reach-v3",)  # Meta-World task names
+    variations: str = "10000-10009"         # goal variations: 'A-B' or comma-separated
+    extra: int = 40                         # expert steps after its first success searched for the settled goal
+    out: str = ""                           # write the results here as JSON
+
+
+def parse_variations(text: str) -> list[int]:
+    """``"10000-10009"`` (inclusive range) or ``"10000,10003"`` -> the variation seeds."""
+    try:
+        if "-" in text:
+            lo, hi = (int(x) for x in text.split("-"))
+            variations = list(range(lo, hi + 1))
+        else:
+            variations = [int(x) for x in text.split(",")]
+    except ValueError:
+        variations = []
+    if not variations:
+        raise UsageError(f"variations: expected 'A-B' (A <= B) or a comma-separated list of ints, got {text!r}")
+    return variations
+
+
 def main(argv: list[str] | None = None) -> dict:
-    p = argparser(__doc__)
-    p.add_argument("--tasks", default="reach-v3", help="comma-separated Meta-World task names")
-    p.add_argument("--variations", default="10000-10009", help="goal variations: 'A-B' or comma-separated")
-    p.add_argument("--extra", type=int, default=40,
-                   help="expert steps after its first success searched for the settled goal")
-    p.add_argument("--out", default="", help="write the results here as JSON")
-    args = p.parse_args(argv)
+    cfg = build_config(GoalMarginConfig, sys.argv[1:] if argv is None else argv)
+    variations = parse_variations(cfg.variations)
     from envs.metaworld import make_env
     from foresight.checkpoint import atomic_write_json
 
-    if "-" in args.variations:
-        lo, hi = (int(x) for x in args.variations.split("-"))
-        variations = list(range(lo, hi + 1))
-    else:
-        variations = [int(x) for x in args.variations.split(",")]
     results: dict = {"command": "python benchmarks/goal_margin.py " + " ".join(argv or sys.argv[1:]), "tasks": {}}
-    for task in args.tasks.split(","):
+    for task in cfg.tasks:
         env = make_env(task, image_size=16, variation_seed=variations[0], max_steps=500)
         rows = []
         for v in variations:
-            rows.append({"variation": v, **expert_margin(env, task, v, args.extra)})
+            rows.append({"variation": v, **expert_margin(env, task, v, cfg.extra)})
             print(task, rows[-1])
         env.close()
         summary = {"per_variation": rows}
@@ -73,11 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
             vals = [r[key] for r in rows if r.get(key) is not None]
             summary[f"{key}_range"] = [min(vals), max(vals)] if vals else None
         results["tasks"][task] = summary
-    if args.out:
-        atomic_write_json(args.out, results)
-        print(f"wrote {args.out}")
+    if cfg.out:
+        atomic_write_json(cfg.out, results)
+        print(f"wrote {cfg.out}")
     return results
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, GoalMarginConfig, __doc__)

@@ -34,7 +34,6 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
     sys.path.insert(0, str(_ROOT))
 
-import argparse
 import contextlib
 import datetime
 import gc
@@ -46,8 +45,8 @@ import subprocess
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import numpy as np
 import torch
@@ -55,12 +54,12 @@ from torch.utils.data import Dataset
 
 import foresight
 from foresight.checkpoint import atomic_write_json
-from foresight.config import preset
+from foresight.config import PRESET_NAMES, build_config, preset
 from foresight.registry import get_model_class
 from foresight.testing import SyntheticClips
 from foresight.train import TrainConfig, Trainer
 
-from experiments.common import UsageError, argparser, cli_main  # noqa: E402
+from experiments.common import UsageError, cli_main  # noqa: E402
 
 SECTIONS = ("environment", "train", "sampling", "planning", "ddp", "checkpoint")
 # Relative share of the budget each section may spend on timed repeats (warm-ups and builds are not scaled).
@@ -604,77 +603,75 @@ def _summary_line(name: str, entry: dict[str, Any]) -> str:
     return f"  {name:<12} {status} {entry['seconds']:>7.1f} s  {text}"
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
+@dataclass
+class GpuCheckConfig:
+    """The GPU check's options."""
 
-    return parse
+    # --preset NAME sets the model size preset (the field below), as the other options do
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {name: {"preset": name} for name in PRESET_NAMES}
 
-
-def _sections(text: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = sorted(set(names) - set(SECTIONS))
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown section(s) {unknown or [text]}; choose a comma list of {', '.join(SECTIONS)}")
-    return [s for s in SECTIONS if s in names]  # always in the canonical order
+    out: str = ""                                       # the JSON file to write (atomically, after every section); required
+    device: Literal["auto", "cpu", "cuda"] = "auto"     # auto: CUDA when present, else CPU
+    preset: Literal["tiny", "quick", "paper"] | None = None  # model size preset (default: paper on CUDA, tiny on CPU)
+    steps: int | None = None                            # timed training steps per model (default: 20 on CUDA, 3 on CPU)
+    warmup: int | None = None                           # untimed training steps first (default: 3 on CUDA, 1 on CPU)
+    batch_size: int | None = None
+    """clips per training step (default: the TrainConfig preset of --preset: 32 paper, 4 tiny)"""
+    budget_seconds: float | None = None
+    """soft budget for the whole run; sections scale their timed repeats down to fit (default: 360 on CUDA, 120 on
+    CPU)"""
+    sections: tuple[str, ...] = SECTIONS                # comma list of sections to run (default: all)
 
 
-def parse_args(argv: list[str] | None):
-    ap = argparser(__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, type=Path, help="the JSON file to write (atomically, after every section)")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                    help="auto: CUDA when present, else CPU")
-    ap.add_argument("--preset", choices=("tiny", "quick", "paper"), default=None,
-                    help="model size preset (default: paper on CUDA, tiny on CPU)")
-    ap.add_argument("--steps", type=_positive(int), default=None,
-                    help="timed training steps per model (default: 20 on CUDA, 3 on CPU)")
-    ap.add_argument("--warmup", type=int, default=None,
-                    help="untimed training steps first (default: 3 on CUDA, 1 on CPU)")
-    ap.add_argument("--batch-size", type=_positive(int), default=None,
-                    help="clips per training step (default: the TrainConfig preset of --preset: 32 paper, 4 tiny)")
-    ap.add_argument("--budget-seconds", type=_positive(float), default=None,
-                    help="soft budget for the whole run; sections scale their timed repeats down to fit "
-                         "(default: 360 on CUDA, 120 on CPU)")
-    ap.add_argument("--sections", type=_sections, default=list(SECTIONS),
-                    help=f"comma list of sections to run (default: all of {','.join(SECTIONS)})")
-    args = ap.parse_args(argv)
-    if args.warmup is not None and args.warmup < 0:
-        ap.error(f"--warmup: expected an int >= 0, got {args.warmup}")
-    return args
+def _check_options(cfg: GpuCheckConfig) -> GpuCheckConfig:
+    """``cfg`` with its sections in the canonical order; a UsageError for a value out of range."""
+    if not cfg.out:
+        raise UsageError("--out: required (the JSON file to write)")
+    for name in ("steps", "batch_size", "budget_seconds"):
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a positive number, got {value}")
+    if cfg.warmup is not None and cfg.warmup < 0:
+        raise UsageError(f"--warmup: expected an int >= 0, got {cfg.warmup}")
+    unknown = sorted(set(cfg.sections) - set(SECTIONS))
+    if unknown or not cfg.sections:
+        raise UsageError(f"--sections: unknown section(s) {unknown or list(cfg.sections)}; "
+                         f"choose a comma list of {', '.join(SECTIONS)}")
+    return replace(cfg, sections=tuple(s for s in SECTIONS if s in cfg.sections))
+
+
+def parse_args(argv: list[str] | None) -> GpuCheckConfig:
+    """The options of ``argv`` (default: the command line). A mistake in them is one line and exit status 2 even
+    when `main` is called directly (as tests/test_gpu_check.py does), since nothing has run yet."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli_main(lambda a: _check_options(build_config(GpuCheckConfig, a)), argv=argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
+    cfg = parse_args(argv)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    preset_name = args.preset or ("paper" if cuda else "tiny")
+    preset_name = cfg.preset or ("paper" if cuda else "tiny")
     workdir = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    check = Check(device=device, preset=preset_name, steps=args.steps or (20 if cuda else 3),
-                  warmup=args.warmup if args.warmup is not None else (3 if cuda else 1),
-                  batch_size=args.batch_size, budget_seconds=args.budget_seconds or (360.0 if cuda else 120.0),
+    check = Check(device=device, preset=preset_name, steps=cfg.steps or (20 if cuda else 3),
+                  warmup=cfg.warmup if cfg.warmup is not None else (3 if cuda else 1),
+                  batch_size=cfg.batch_size, budget_seconds=cfg.budget_seconds or (360.0 if cuda else 120.0),
                   workdir=workdir)
     report: dict[str, Any] = {
         "script": "benchmarks/gpu_check.py", "format": 1,
         "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "argv": list(sys.argv[1:] if argv is None else argv),
         "options": {"device": str(device), "preset": preset_name, "steps": check.steps, "warmup": check.warmup,
-                    "batch_size": args.batch_size, "budget_seconds": check.budget_seconds,
-                    "sections": args.sections},
+                    "batch_size": cfg.batch_size, "budget_seconds": check.budget_seconds,
+                    "sections": list(cfg.sections)},
         "sections": {}, "problems": [], "total_seconds": None,
     }
     print(f"gpu_check: {device} ({torch.cuda.get_device_name(device) if cuda else 'cpu'}), preset {preset_name}, "
-          f"budget {check.budget_seconds:.0f} s -> {args.out}", flush=True)
+          f"budget {check.budget_seconds:.0f} s -> {cfg.out}", flush=True)
     try:
-        run_check(check, args.sections, args.out, report)
+        run_check(check, list(cfg.sections), Path(cfg.out), report)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"gpu_check: {report['total_seconds']} s, {len(report['problems'])} problem(s)"
@@ -683,4 +680,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, GpuCheckConfig, __doc__)

@@ -21,6 +21,8 @@ if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without i
 
 import copy
 import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,7 +38,8 @@ from foresight.viz import save_strip
 
 from _budget import first_clip_per_task, jsonl_logger, train_for
 
-from experiments.common import argparser, cli_main  # noqa: E402
+from experiments.common import cli_main  # noqa: E402
+from foresight.config import build_config  # noqa: E402
 
 
 def shifted_copy(clips: ClipDataset, max_shift: int, rng: np.random.Generator) -> ClipDataset:
@@ -49,36 +52,39 @@ def shifted_copy(clips: ClipDataset, max_shift: int, rng: np.random.Generator) -
     return out
 
 
+@dataclass
+class HarpQualityConfig:
+    """HARP quality under a wall-clock budget."""
+
+    # --preset NAME sets the model preset (the field below), as the other options do
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {name: {"preset": name} for name in HarpConfig.PRESETS}
+
+    data: str = "/work/data/metaworld_small"  # episode dataset (experiments/collect_metaworld.py)
+    out: str = "runs/harp_quality"            # run directory (models, metrics, strip)
+    preset: str = "quick"                     # model preset: tiny | quick | paper
+    tokenizer_minutes: float = 10             # wall-clock budget of the tokenizer stage
+    transformer_minutes: float = 15           # wall-clock budget of the transformer stage
+    threads: int = 2                          # torch CPU threads
+    batch: int = 8                            # clips per batch
+    eval_clips: int = 40                      # held-out clips evaluated
+    cache_step: int = 1                       # window step of the stage-2 clips (cached once)
+    seed: int = 0                             # random seed
+    eval_only: str | None = None              # evaluate a saved model directory instead of training
+    init: str | None = None
+    """start from a saved model directory (e.g. an earlier run's tokenizer_model): its tokenizer trains on for
+    --tokenizer-minutes; with 0 the tokenizer is kept and so is the transformer, which trains on, otherwise the
+    transformer starts from scratch"""
+    transformer_lr: float = 1e-3              # peak learning rate of stage 2 (warm-up, then cosine to a tenth of it)
+    disc_start: int | None = None  # tokenizer step at which the GAN term switches on (default: the preset's / saved model's)
+    attn_dropout: float | None = None  # transformer attention-probability dropout (default: the preset's / saved model's)
+    augment_copies: int = 0
+    """stage 2 also trains on this many translated copies of the training episodes (HARP's translation augmentation,
+    one random shift of up to --augment-shift pixels per episode and copy, cached once like the original)"""
+    augment_shift: int = 4                    # random translation in pixels of the training clips
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparser(__doc__)
-    ap.add_argument("--data", default="/work/data/metaworld_small",
-                    help="episode dataset (experiments/collect_metaworld.py)")
-    ap.add_argument("--out", default="runs/harp_quality", help="run directory (models, metrics, strip)")
-    ap.add_argument("--preset", default="quick", help="model preset: tiny | quick | paper")
-    ap.add_argument("--tokenizer-minutes", type=float, default=10, help="wall-clock budget of the tokenizer stage")
-    ap.add_argument("--transformer-minutes", type=float, default=15, help="wall-clock budget of the transformer stage")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--batch", type=int, default=8, help="clips per batch")
-    ap.add_argument("--eval-clips", type=int, default=40, help="held-out clips evaluated")
-    ap.add_argument("--cache-step", type=int, default=1, help="window step of the stage-2 clips (cached once)")
-    ap.add_argument("--seed", type=int, default=0, help="random seed")
-    ap.add_argument("--eval-only", default=None, help="evaluate a saved model directory instead of training")
-    ap.add_argument("--init", default=None,
-                    help="start from a saved model directory (e.g. an earlier run's tokenizer_model): its tokenizer "
-                         "trains on for --tokenizer-minutes; with 0 the tokenizer is kept and so is the transformer, "
-                         "which trains on, otherwise the transformer starts from scratch")
-    ap.add_argument("--transformer-lr", type=float, default=1e-3,
-                    help="peak learning rate of stage 2 (warm-up, then cosine to a tenth of it)")
-    ap.add_argument("--disc-start", type=int, default=None,
-                    help="tokenizer step at which the GAN term switches on (default: the preset's / saved model's)")
-    ap.add_argument("--attn-dropout", type=float, default=None,
-                    help="transformer attention-probability dropout (default: the preset's / saved model's)")
-    ap.add_argument("--augment-copies", type=int, default=0,
-                    help="stage 2 also trains on this many translated copies of the training episodes (HARP's "
-                         "translation augmentation, one random shift of up to --augment-shift pixels per episode "
-                         "and copy, cached once like the original)")
-    ap.add_argument("--augment-shift", type=int, default=4, help="random translation in pixels of the training clips")
-    args = ap.parse_args(argv)
+    args = build_config(HarpQualityConfig, sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
@@ -206,4 +212,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, HarpQualityConfig, __doc__)

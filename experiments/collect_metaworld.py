@@ -1,4 +1,4 @@
-"""Collect Meta-World MT50 episodes into an episode dataset (resumable): expert demos or world-model interaction data.
+r"""Collect Meta-World MT50 episodes into an episode dataset (resumable): expert demos or world-model interaction data.
 
     python experiments/collect_metaworld.py --out /work/data/metaworld_64                  # 50 tasks x 50 demos
     python experiments/collect_metaworld.py --out /work/data/metaworld_small --tasks mt10 --demos-per-task 10
@@ -24,27 +24,28 @@ import sys
 os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
-import argparse
 import json
 from dataclasses import dataclass
 
 from envs.demos import EPISODE_STEPS, SUCCESS_TAIL, CollectionConfigError, collect_demos, format_summary
 from envs.interaction import PolicyConfig, PolicyMixture
 from envs.metaworld import MT10_TASKS, MT50_TASKS, CameraConfig
+from experiments.common import UsageError, cli_main
 from foresight.checkpoint import atomic_write_bytes
+from foresight.config import build_config
 
 
 @dataclass
 class Args:
-    out: str  # dataset directory (created; appended to if it exists)
+    out: str = ""  # dataset directory (required; created, resumed if it exists)
     tasks: str = "all"  # 'all', 'mt10', a number N (first N of MT50_TASKS, alphabetical) or comma-separated names
-    demos_per_task: int = 50  # variations 0..N-1 per task; variation v is test iff v % 10 == 9
+    demos_per_task: int = 50  # variations 0..N-1 per task (alias: episodes_per_task); v is test iff v % 10 == 9
     policy: str = "expert"  # expert | noisy | random | mixture 'expert:0.2,noisy:0.4,random:0.4'
     episode_steps: int = EPISODE_STEPS  # steps of a noisy or random episode (expert: until success + tail)
     noise_std: float = PolicyConfig.noise_std  # noisy: Gaussian std added to the expert's actions
-    random_prob: float = PolicyConfig.random_prob  # noisy: per-step probability of a held random action
-    hold_min: int = PolicyConfig.hold_min  # noisy/random: a random action is held k in hold_min..hold_max steps
-    hold_max: int = PolicyConfig.hold_max
+    random_prob: float = PolicyConfig.random_prob  # noisy: per-step probability of starting a held random action
+    hold_min: int = PolicyConfig.hold_min  # noisy/random: shortest hold (steps) of a random action
+    hold_max: int = PolicyConfig.hold_max  # noisy/random: longest hold (steps) of a random action
     seed: int = 0  # seed of the noisy/random policies (per episode: seed, task, variation)
     image_size: int = 64  # 64 (default), 128 or 256
     camera: str = "default"  # 'default' (corner2 moved, upright) or a Meta-World camera name
@@ -54,6 +55,9 @@ class Args:
     sim_states: bool = False  # also store MuJoCo integration states per frame ('sim_states')
     max_jobs: int | None = None  # stop after this many new episodes (benchmarks)
     no_progress: bool = False  # hide the progress bar
+
+
+ALIASES = {"episodes_per_task": "demos_per_task"}  # older spelling of an option, still accepted
 
 
 def parse_tasks(spec: str) -> list[str]:
@@ -66,54 +70,33 @@ def parse_tasks(spec: str) -> list[str]:
     return [t.strip() for t in spec.split(",") if t.strip()]
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _mixture(text: str) -> str:
-    try:
-        return str(PolicyMixture.parse(text))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _alias(arg: str) -> str:
+    """``--episodes-per-task`` / ``episodes_per_task=`` -> the field's name (``demos_per_task``)."""
+    dashes = "--" if arg.startswith("--") else ""
+    key, eq, value = arg[len(dashes):].partition("=")
+    if not (dashes or eq):
+        return arg  # a value, not an option
+    name = ALIASES.get(key.replace("-", "_"))
+    return f"{dashes}{name}{eq}{value}" if name else arg
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="dataset directory (created; resumed if it exists)")
-    p.add_argument("--tasks", default=Args.tasks, help="'all', 'mt10', N (first N of MT50) or comma-separated names")
-    p.add_argument("--demos-per-task", "--episodes-per-task", dest="demos_per_task", type=_positive,
-                   default=Args.demos_per_task, help="variations 0..N-1 per task (default %(default)s)")
-    p.add_argument("--policy", type=_mixture, default=Args.policy,
-                   help="expert | noisy | random | 'expert:0.2,noisy:0.4,random:0.4' (default %(default)s)")
-    p.add_argument("--episode-steps", type=_positive, default=Args.episode_steps,
-                   help="steps of a noisy/random episode (default %(default)s)")
-    p.add_argument("--noise-std", type=float, default=Args.noise_std, help="noisy: action noise std (%(default)s)")
-    p.add_argument("--random-prob", type=float, default=Args.random_prob,
-                   help="noisy: per-step probability of starting a held random action (%(default)s)")
-    p.add_argument("--hold-min", type=_positive, default=Args.hold_min, help="shortest hold of a random action")
-    p.add_argument("--hold-max", type=_positive, default=Args.hold_max, help="longest hold of a random action")
-    p.add_argument("--seed", type=int, default=Args.seed, help="seed of the noisy/random policies")
-    p.add_argument("--image-size", type=_positive, default=Args.image_size)
-    p.add_argument("--camera", default=Args.camera)
-    p.add_argument("--workers", type=int, default=Args.workers, help="worker processes (0 = in this process)")
-    p.add_argument("--max-steps", type=_positive, default=Args.max_steps)
-    p.add_argument("--success-tail", type=int, default=Args.success_tail)
-    p.add_argument("--sim-states", action="store_true")
-    p.add_argument("--max-jobs", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
-    a = Args(**{k: v for k, v in vars(p.parse_args(argv)).items()})
+    a = build_config(Args, [_alias(arg) for arg in (sys.argv[1:] if argv is None else argv)])
+    if not a.out:
+        raise UsageError("--out is required: the dataset directory to write (e.g. --out data/metaworld_64)")
+    for name in ("demos_per_task", "episode_steps", "hold_min", "hold_max", "image_size", "max_steps"):
+        if getattr(a, name) < 1:
+            raise UsageError(f"{name}: expected a positive integer, got {getattr(a, name)}")
+    try:
+        a.policy = str(PolicyMixture.parse(a.policy))
+    except ValueError as e:
+        raise UsageError(f"policy: {e}") from None
     try:
         camera = CameraConfig() if a.camera == "default" else CameraConfig.named(a.camera)
         policy_config = PolicyConfig(noise_std=a.noise_std, random_prob=a.random_prob, hold_min=a.hold_min,
                                      hold_max=a.hold_max)
     except ValueError as e:
-        p.error(str(e))
+        raise UsageError(str(e)) from None
     try:
         summary = collect_demos(
             a.out, tasks=parse_tasks(a.tasks), demos_per_task=a.demos_per_task, image_size=a.image_size,
@@ -122,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
             policy_config=policy_config, seed=a.seed, progress=not a.no_progress, max_jobs=a.max_jobs,
         )
     except CollectionConfigError as e:
-        p.error(str(e))
+        raise UsageError(str(e)) from None
     print(format_summary(summary))
     out = summary.to_dict()
     atomic_write_bytes(os.path.join(a.out, "summary.json"), json.dumps(out, indent=1).encode())
@@ -130,4 +113,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main, Args, __doc__)

@@ -12,7 +12,6 @@ import os
 import sys
 import textwrap
 import tokenize
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +142,7 @@ def _lerobot_clip_datasets(config: DataConfig, *, context: int, future: int, ima
 #   * a dataclass config built by `foresight.config.build_config` (``key=value`` / ``--key value``):
 #         if __name__ == "__main__":
 #             cli_main(main, MyConfig, __doc__)        # main(argv) -> ...; --help lists MyConfig's fields
-#   * argparse, with `argparser(doc)` (or `dataclass_argparser(Args, doc)`) for the shared help format:
+#   * argparse, with `argparser(doc)` for the shared help format:
 #         if __name__ == "__main__":
 #             cli_main(main)                           # main(argv) parses argv itself
 
@@ -362,39 +361,3 @@ def argparser(doc: str | None = None, **kwargs: Any) -> ArgumentParser:
     """The parser every argparse script starts from: ``p = argparser(__doc__); p.add_argument(...)``."""
     kwargs.setdefault("epilog", f"--debug (or {DEBUG_ENV}=1) shows the Python traceback of a usage error.")
     return ArgumentParser(description=doc, **kwargs)
-
-
-def dataclass_argparser(cls: type, doc: str | None = None) -> ArgumentParser:
-    """``--field-name`` options for every field of dataclass ``cls`` (doc: the field's trailing comment).
-
-    bools become flags (``--x`` / ``--no-x`` when the default is True); ``list[...]`` / ``tuple[..., ...]`` fields
-    take one or more values, the flag repeated or not (``--robot a --robot b`` = ``--robot a b``); ``Literal[...]``
-    fields take one of their values; ``X | None`` takes an X. Build the config back with
-    ``cls(**vars(p.parse_args(argv)))``.
-    """
-    p = argparser(doc)
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
-        annotation = hints[f.name]
-        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-        kw: dict[str, Any] = {"help": docs.get(f.name, ""), "dest": f.name}
-        if annotation is bool:
-            kw["action"] = argparse.BooleanOptionalAction if default else "store_true"
-            kw["default"] = bool(default)
-        elif typing.get_origin(annotation) in (list, tuple):
-            item = typing.get_args(annotation)[0] if typing.get_args(annotation) else str
-            kw.update(action="extend", nargs="+", type=item, default=list(default or []))
-        elif typing.get_origin(annotation) is typing.Literal:
-            choices = typing.get_args(annotation)
-            kw.update(type=type(choices[0]), choices=choices, default=default)
-        else:
-            kw.update(type=annotation if annotation in (int, float, str) else str, default=default)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-                kw.pop("default")
-                kw["required"] = True
-        p.add_argument(f"--{f.name.replace('_', '-')}", **kw)
-    return p

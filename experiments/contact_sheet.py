@@ -12,13 +12,21 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import io
+from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from envs.metaworld import MT50_TASKS, make_env
-from experiments.common import argparser, cli_main
+from experiments.common import UsageError, cli_main
 from foresight.checkpoint import atomic_write_bytes
+from foresight.config import build_config
+
+
+@dataclass
+class ContactSheetConfig:
+    out: str = "docs/images/mt50_contact_sheet.png"  # PNG to write
+    image_size: int = 128  # H = W of each task's frame
+    variation_seed: int = 0  # task variation shown
 
 
 def contact_sheet(image_size: int = 128, variation_seed: int = 0, columns: int = 10) -> Image.Image:
@@ -38,16 +46,14 @@ def contact_sheet(image_size: int = 128, variation_seed: int = 0, columns: int =
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparser(__doc__)
-    p.add_argument("--out", default="docs/images/mt50_contact_sheet.png", help="PNG to write")
-    p.add_argument("--image-size", type=int, default=128, help="H = W of each task's frame")
-    p.add_argument("--variation-seed", type=int, default=0, help="task variation shown")
-    a = p.parse_args(argv)
+    cfg = build_config(ContactSheetConfig, sys.argv[1:] if argv is None else argv)
+    if cfg.image_size < 1:
+        raise UsageError(f"image_size: expected a positive integer, got {cfg.image_size}")
     buf = io.BytesIO()
-    contact_sheet(a.image_size, a.variation_seed).save(buf, format="PNG", optimize=True)
-    atomic_write_bytes(a.out, buf.getvalue())
-    print(f"wrote {a.out} ({len(buf.getvalue()) / 1024:.0f} KiB)")
+    contact_sheet(cfg.image_size, cfg.variation_seed).save(buf, format="PNG", optimize=True)
+    atomic_write_bytes(cfg.out, buf.getvalue())
+    print(f"wrote {cfg.out} ({len(buf.getvalue()) / 1024:.0f} KiB)")
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, ContactSheetConfig, __doc__)

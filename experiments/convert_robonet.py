@@ -1,4 +1,4 @@
-"""Index a folder of RoboNet HDF5 files and convert it into the library's episode store.
+r"""Index a folder of RoboNet HDF5 files and convert it into the library's episode store.
 
 After conversion every world model trains on RoboNet exactly as on Meta-World (`foresight.data.ClipDataset`
 over `foresight.data.EpisodeDataset`, 2 context + 10 future frames).
@@ -8,7 +8,7 @@ over `foresight.data.EpisodeDataset`, 2 context + 10 future frames).
         --test-list ~/robonet/test_256.txt --image-size 64 --target-adim 4
 
     # only some robots / the index only
-    python experiments/convert_robonet.py --robonet-dir ~/robonet/hdf5 --robot sawyer --robot widowx --index-only
+    python experiments/convert_robonet.py --robonet-dir ~/robonet/hdf5 --robot sawyer widowx --index-only
 
     # no RoboNet here: write synthetic files in the real layout first (smoke test of the whole path)
     python experiments/convert_robonet.py --synthetic 32 --robonet-dir data/robonet_synthetic --out data/robonet_syn64
@@ -26,7 +26,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
     sys.path.insert(0, str(_ROOT))
 
-from experiments.common import cli_main, dataclass_argparser  # noqa: E402
+from experiments.common import cli_main  # noqa: E402
+from foresight.config import build_config  # noqa: E402
 from foresight.data import robonet as rn  # noqa: E402
 
 
@@ -45,7 +46,7 @@ class Args:
     target_adim: Literal[4, 5] = 4
     """harmonised action width: 4 (x, y, z, theta; 5-D robots cut) or 5 (autograsp gripper imputed)"""
     robot: list[str] = field(default_factory=list)
-    """keep only these robots (repeat the flag); empty = all"""
+    """keep only these robots (--robot sawyer widowx, robot=sawyer,widowx or the flag repeated); empty = all"""
     min_steps: int = 12
     """drop trajectories shorter than this (the standard clip needs 12)"""
     workers: int = 4
@@ -58,11 +59,44 @@ class Args:
     """write this many synthetic RoboNet-layout files into robonet_dir first (0 = off)"""
 
 
+def join_repeated(argv: list[str], key: str) -> list[str]:
+    """``--robot a --robot b c`` -> ``--robot=a,b,c``: the values of a repeated list option, joined (`build_config`
+    would keep only the last occurrence)."""
+    names = {key, key.replace("_", "-")}
+    out: list[str] = []
+    values: list[str] = []
+    first = -1  # where the joined option goes
+    count = 0
+    reading = False  # the arguments now are values of the option
+    for arg in argv:
+        body = arg[2:] if arg.startswith("--") else arg
+        name, eq, value = body.partition("=")
+        if name in names and (arg.startswith("--") or eq):
+            count += 1
+            first = len(out) if first < 0 else first
+            if eq:
+                values.append(value)
+            reading = not eq
+            continue
+        if reading and not arg.startswith("--") and "=" not in arg:
+            values.append(arg)
+            continue
+        reading = False
+        out.append(arg)
+    if count < 2:
+        return list(argv)
+    return out[:first] + [f"--{key}={','.join(values)}"] + out[first:]
+
+
 def parse_args(argv: list[str] | None = None) -> Args:
-    return Args(**vars(dataclass_argparser(Args, __doc__).parse_args(argv)))
+    return build_config(Args, join_repeated(list(sys.argv[1:] if argv is None else argv), "robot"))
 
 
-def main(args: Args) -> dict:
+def main(argv: list[str] | None = None) -> dict:
+    return convert(parse_args(argv))
+
+
+def convert(args: Args) -> dict:
     if args.synthetic:
         Path(args.robonet_dir).mkdir(parents=True, exist_ok=True)
         rn.write_synthetic_trajectories(args.robonet_dir, args.synthetic, robots=("sawyer", "widowx", "franka"),
@@ -84,4 +118,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    cli_main(lambda argv: main(parse_args(argv)))
+    cli_main(main, Args, __doc__)

@@ -38,18 +38,19 @@ from foresight.checkpoint import atomic_write_json  # noqa: E402
 from foresight.metrics import LPIPS, evaluate_predictions, load_i3d  # noqa: E402
 from foresight.viz import save_png, save_strip  # noqa: E402
 
-from experiments.common import cli_main, dataclass_argparser  # noqa: E402
+from experiments.common import UsageError, cli_main  # noqa: E402
+from foresight.config import build_config  # noqa: E402
 
 
 @dataclass
 class Args:
-    checkpoint: str = ""  # saved model directory (foresight.load)
+    checkpoint: str = ""  # saved model directory (foresight.load); required
     data_root: str = "data/metaworld_64"  # episode store, or "synthetic" (ignored with --robonet-dir)
     robonet_dir: str = ""  # a folder of RoboNet .hdf5 files: evaluate on their standard clips directly
     robonet_split: str = ""  # file listing the test files (the common 256-file list); empty: every file
     robonet_camera: int = 0  # camera index of the RoboNet clips
     split: str = "test"  # held-out split of the episode store
-    tasks: str = ""  # comma-separated task names to keep (empty: all)
+    tasks: tuple[str, ...] = ()  # task names to keep, comma-separated or several (empty: all)
     num_clips: int = 256  # test clips, evenly spread over the split
     num_samples: int = 10  # futures per clip (papers: 100)
     context: int = -1  # context frames (-1: the model's)
@@ -67,11 +68,10 @@ class Args:
     out: str = ""  # output directory (default: <checkpoint>/eval)
 
 
-def parse(argv=None) -> Args:
-    p = dataclass_argparser(Args, __doc__)
-    args = Args(**vars(p.parse_args(argv)))
+def parse(argv: list[str] | None = None) -> Args:
+    args = build_config(Args, sys.argv[1:] if argv is None else argv)
     if not args.checkpoint:
-        p.error("--checkpoint is required")
+        raise UsageError("--checkpoint is required: a saved model directory (e.g. --checkpoint runs/harp/quick/model)")
     return args
 
 
@@ -92,9 +92,9 @@ def load_clips(args: Args, *, context: int, future: int, image_size: int, action
     else:
         from foresight.data import ClipDataset, EpisodeDataset
 
-        episodes = EpisodeDataset(args.data_root, split=args.split, tasks=[t for t in args.tasks.split(",") if t] or None)
+        episodes = EpisodeDataset(args.data_root, split=args.split, tasks=list(args.tasks) or None)
         if len(episodes) == 0:
-            raise ValueError(f"no '{args.split}' episodes in {args.data_root}")
+            raise UsageError(f"no '{args.split}' episodes in {args.data_root}")
         ds = ClipDataset(episodes, context=context, future=future, stride=args.stride, window_step=1, with_states=False)
     n = min(args.num_clips, len(ds))
     idx = np.unique(np.linspace(0, len(ds) - 1, n).round().astype(int))  # deterministic, spread over episodes
@@ -130,7 +130,7 @@ def plot_curves(path: Path, metrics: dict, context: int) -> None:
     save_png(path, iio.imread(buf.getvalue()))
 
 
-def main(argv=None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = foresight.load(args.checkpoint, map_location=device).eval()
@@ -164,11 +164,11 @@ def main(argv=None) -> dict:
     report = {
         "checkpoint": str(args.checkpoint),
         "model_type": type(model).__name__,
-        "data": {"root": args.data_root, "split": args.split, "tasks": args.tasks, "stride": args.stride},
+        "data": {"root": args.data_root, "split": args.split, "tasks": ",".join(args.tasks), "stride": args.stride},
         "context_frames": context,
         "future_frames": future,
         "seconds": {"predict": predict_s, "metrics": metrics_s},
-        "args": asdict(args),
+        "args": {**asdict(args), "tasks": ",".join(args.tasks)},  # as before: the comma-separated string
         **metrics,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -194,4 +194,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, Args, __doc__)

@@ -20,13 +20,14 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
     sys.path.insert(0, str(_ROOT))
 
-from experiments.common import UsageError, cli_main, dataclass_argparser  # noqa: E402
+from experiments.common import UsageError, cli_main  # noqa: E402
+from foresight.config import build_config  # noqa: E402
 
 
 @dataclass
 class Args:
-    src: str  # episode store folder (meta.json + manifest.jsonl + episodes/)
-    out: str  # LeRobot dataset folder to create
+    src: str = ""  # episode store folder (meta.json + manifest.jsonl + episodes/); required
+    out: str = ""  # LeRobot dataset folder to create; required
     fps: int = 10  # frames per second written to info.json and the video timestamps
     camera_key: str = "observation.images.image"  # feature key of the camera stream
     lossless: bool = False  # libx264rgb at crf 0: bit-exact pixels, ~4x larger videos
@@ -37,7 +38,10 @@ class Args:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    args = Args(**vars(dataclass_argparser(Args, __doc__).parse_args(argv)))
+    args = build_config(Args, sys.argv[1:] if argv is None else argv)
+    for name in ("src", "out"):
+        if not getattr(args, name):
+            raise UsageError(f"--{name} is required (e.g. --src data/metaworld_64 --out data/metaworld_64_lerobot)")
     from foresight.data.episodes import MANIFEST, EpisodeDataset
     from foresight.data.lerobot import LeRobotEpisodes
     from foresight.data.lerobot_export import write_lerobot
@@ -61,4 +65,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, Args, __doc__)

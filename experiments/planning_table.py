@@ -2,6 +2,9 @@
 
     python experiments/planning_table.py runs/planning_benchmark/random/eval_info.json
         ... runs/planning_benchmark/ghvae/eval_info.json --names random,...,GHVAE
+    python experiments/planning_table.py runs/planning_benchmark/*/eval_info.json --control
+
+The eval_info.json files come first (or as ``--files A B ...`` / ``files=A,B``).
 
 Per task: success rate with its 95 % Wilson interval (successes / episodes); then the mean over tasks and the
 mean seconds per plan. With ``--control``, a second table: the control check's rank correlation and motion.
@@ -9,15 +12,59 @@ mean seconds per plan. With ``--control``, a second table: the control check's r
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
     sys.path.insert(0, str(_ROOT))
 
-from experiments.common import UsageError, argparser, cli_main
+from experiments.common import UsageError, cli_main
 from foresight.checkpoint import read_json
+from foresight.config import build_config
+
+
+@dataclass
+class PlanningTableConfig:
+    files: tuple[str, ...] = ()  # eval_info.json files, one per row (also accepted as the leading arguments)
+    names: tuple[str, ...] = ()  # comma-separated row names (default: each file's folder name)
+    control: bool = False  # also print the control-check table
+
+
+def split_files(argv: list[str]) -> list[str]:
+    """``["a.json", "b.json", "--control"]`` -> ``["--files", "a.json", "b.json", "--control"]`` for `build_config`.
+
+    The files are the arguments that are neither an option (``--key``, ``key=value``) nor an option's value: the
+    leading ones, those after a ``key=value`` or a bare flag (``--control``), and existing paths after an option's
+    first value. A glob pattern among them that matches files is expanded (sorted).
+    """
+    flags = {f"{no}{f.name}" for f in dataclasses.fields(PlanningTableConfig) if f.type in (bool, "bool")
+             for no in ("", "no_")}
+    files: list[str] = []
+    rest: list[str] = []
+    key, values = None, 0  # the option whose values are being read, and how many it has taken
+    for arg in argv:
+        if arg.startswith("--"):
+            body = arg[2:]
+            key = None if "=" in body or body.replace("-", "_") in flags else body.replace("-", "_")
+            values = 0
+            if key != "files":
+                rest.append(arg)
+        elif "=" in arg:
+            rest.append(arg)
+            key = None
+        elif key is None or key == "files" or (values > 0 and Path(arg).exists()):
+            matches = sorted(glob.glob(arg)) if any(c in arg for c in "*?[") else []
+            files.extend(matches or [arg])
+            if key != "files":
+                key = None
+        else:
+            rest.append(arg)
+            values += 1
+    return (["--files", *files] if files else []) + rest
 
 
 def _load(path: str) -> dict:
@@ -72,21 +119,19 @@ def control_table(infos: list[dict], names: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    p = argparser(__doc__)
-    p.add_argument("files", nargs="+", help="eval_info.json files, one per row")
-    p.add_argument("--names", default="", help="comma-separated row names (default: each file's folder name)")
-    p.add_argument("--control", action="store_true", help="also print the control-check table")
-    args = p.parse_args(argv)
-    infos = [_load(f) for f in args.files]
-    names = args.names.split(",") if args.names else [Path(f).parent.name for f in args.files]
+    cfg = build_config(PlanningTableConfig, split_files(sys.argv[1:] if argv is None else argv))
+    if not cfg.files:
+        raise UsageError("expected one or more eval_info.json files (the leading arguments, or --files A B ...)")
+    infos = [_load(f) for f in cfg.files]
+    names = list(cfg.names) if cfg.names else [Path(f).parent.name for f in cfg.files]
     if len(names) != len(infos):
         raise UsageError(f"--names: expected {len(infos)} names, got {len(names)}")
     out = success_table(infos, names)
-    if args.control:
+    if cfg.control:
         out += "\n\n" + control_table(infos, names)
     print(out)
     return out
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    cli_main(main, PlanningTableConfig, __doc__)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from experiments import train_world_model as twm
-from experiments.common import UsageError, cli_main, config_help, dataclass_argparser, field_docs
+from experiments.common import UsageError, cli_main, config_help, field_docs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p for d in ("experiments", "benchmarks") for p in (ROOT / d).glob("*.py")
@@ -99,7 +99,7 @@ def _run(script, *args, **env):
     ("experiments/train_world_model.py", ["train.stpes=5"], "unknown config key 'train.stpes'"),
     ("experiments/train_world_model.py", ["train.steps=abc"], "train.steps: expected an int, got 'abc'"),
     ("experiments/mt50_bc.py", ["demos_per_task=many"], "demos_per_task: expected an int"),
-    ("experiments/eval_prediction.py", ["--checkpoint", "x", "--num-clips", "ten"], "invalid int value"),
+    ("experiments/eval_prediction.py", ["--checkpoint", "x", "--num-clips", "ten"], "num_clips: expected an int"),
 ])
 def test_user_error_is_one_line_and_exit_2(script, args, message):
     proc = _run(script, *args)
@@ -144,7 +144,7 @@ def test_cli_main_lets_real_crashes_through(capsys):
         cli_main(user_mistake, argv=["--debug"])
 
 
-def test_field_docs_and_dataclass_argparser():
+def test_field_docs():
     from dataclasses import dataclass, field
     from typing import Literal
 
@@ -157,13 +157,57 @@ def test_field_docs_and_dataclass_argparser():
         fast: bool = False  # a flag
 
     assert field_docs(Args) == {"size": "H = W", "mode": "which mode", "names": "repeatable", "fast": "a flag"}
-    p = dataclass_argparser(Args, "doc")
-    assert Args(**vars(p.parse_args(["--names", "x", "--names", "y", "z", "--fast"]))) == Args(
-        names=["x", "y", "z"], fast=True)
-    with pytest.raises(SystemExit):
-        p.parse_args(["--mode", "c"])
     text = config_help(Args, "doc", prog="x")
     assert re.search(r"^\s+size\s+int\s+64\s+H = W$", text, re.M)
+
+
+def _eval_info(path, successes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_task = {"reach-v3": {"success_rate": successes / 2, "success_ci95": [0.0, 1.0], "successes": successes,
+                             "episodes": 2}}
+    path.write_text(json.dumps({"aggregated": {"per_task": per_task, "overall": {"mean_task_success": successes / 2,
+                                                                                 "plan_seconds_mean": 0.5}}}))
+    return path
+
+
+def test_planning_table_takes_the_files_as_leading_arguments(tmp_path, capsys):
+    from experiments import planning_table as pt
+
+    a, b = _eval_info(tmp_path / "cem" / "eval_info.json", 1), _eval_info(tmp_path / "mppi" / "eval_info.json", 2)
+    rows = lambda text: [line.split("|")[1].strip() for line in text.splitlines()[2:] if line.startswith("| ")]
+    # the documented form: files first (the shell's glob), then options
+    out = pt.main([str(a), str(b), "--control"])
+    assert rows(out.split("\n\n")[0]) == ["cem", "mppi"] and "Spearman" in out
+    # options before, between and after the files; a quoted glob is expanded
+    assert rows(pt.main(["--names", "x,y", str(a), str(b)])) == ["x", "y"]
+    assert rows(pt.main(["--control", str(a), "names=only"])).count("only") == 1
+    assert rows(pt.main([str(tmp_path / "*" / "eval_info.json")])) == ["cem", "mppi"]
+    assert rows(pt.main([f"files={a},{b}", "--names", "p", "q"])) == ["p", "q"]
+    assert rows(pt.main(["--files", str(b), str(a)])) == ["mppi", "cem"]
+    assert pt.split_files(["x.json", "--names", "u,v", "--control", "y.json"]) == [
+        "--files", "x.json", "y.json", "--names", "u,v", "--control"]
+    capsys.readouterr()
+    with pytest.raises(UsageError, match="expected 2 names"):
+        pt.main([str(a), str(b), "--names", "one"])
+    with pytest.raises(UsageError, match="one or more eval_info.json"):
+        pt.main(["--control"])
+
+
+def test_converted_scripts_take_their_old_option_spellings():
+    from experiments import collect_metaworld, convert_robonet, eval_prediction
+
+    for argv in (["--robot", "sawyer", "--robot", "widowx"], ["--robot", "sawyer", "widowx"],
+                 ["robot=sawyer,widowx"], ["--robot=sawyer", "--index-only", "--robot", "widowx"]):
+        assert convert_robonet.parse_args(argv).robot == ["sawyer", "widowx"], argv
+    assert convert_robonet.parse_args(["--robot", "franka"]).robot == ["franka"]
+    assert [collect_metaworld._alias(a) for a in ("--episodes-per-task", "episodes_per_task=3", "--episodes-per-task=4",
+                                                  "episodes-per-task")] == [
+        "--demos_per_task", "demos_per_task=3", "--demos_per_task=4", "episodes-per-task"]
+    args = eval_prediction.parse(["--checkpoint", "m", "--tasks", "reach-v3,push-v3", "--no-fvd",
+                                  "--no-fvd-include-context", "--context", "-1"])
+    assert args.tasks == ("reach-v3", "push-v3") and args.no_fvd and not args.fvd_include_context
+    with pytest.raises(UsageError, match="--checkpoint is required"):
+        eval_prediction.parse([])
 
 
 # ---------------------------------------------------------------------------------------------------- defect 1

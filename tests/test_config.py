@@ -75,3 +75,15 @@ def test_command_line_lists_and_negated_flags():
         build_config(Opts, ["sizes=a,b"])
     with pytest.raises(ConfigError, match="no_such"):
         build_config(Opts, ["--no-such"])
+
+
+def test_fixed_length_tuple_fields_are_typed_per_position():
+    @dataclass
+    class Sized:
+        frame_size: tuple[int, int] = (240, 320)
+        pair: tuple[str, float] = ("a", 1.0)
+
+    cfg = build_config(Sized, ["--frame-size", "120", "160", "pair=[b,2]"])
+    assert cfg.frame_size == (120, 160) and cfg.pair == ("b", 2.0)
+    with pytest.raises(ConfigError, match="2 items"):
+        build_config(Sized, ["frame_size=[1,2,3]"])

@@ -142,13 +142,15 @@ def test_same_seed_same_actions(tmp_path):
 
 @pytest.mark.mujoco
 def test_cli_help_and_bad_options(tmp_path, capsys):
-    from experiments.collect_metaworld import main
+    from experiments import collect_metaworld
+    from experiments.collect_metaworld import Args, main
+    from experiments.common import cli_main
 
     with pytest.raises(SystemExit) as e:
-        main(["--help"])
+        cli_main(main, Args, collect_metaworld.__doc__, argv=["--help"])
     assert e.value.code == 0 and "--policy" in capsys.readouterr().out
     for bad in (["--policy", "expert:0.3"], ["--tasks", "nope-v3"], ["--episodes-per-task", "10001"]):
         with pytest.raises(SystemExit) as e:
-            main(["--out", str(tmp_path / "x"), "--no-progress", *bad])
+            cli_main(main, Args, argv=["--out", str(tmp_path / "x"), "--no-progress", *bad])
         assert e.value.code == 2 and "error:" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -388,9 +388,8 @@ def test_convert_script_on_synthetic_files(tmp_path):
     spec.loader.exec_module(mod)
     split = tmp_path / "test.txt"
     split.write_text("sawyer_traj0.hdf5\n")
-    args = mod.Args(robonet_dir=str(tmp_path / "raw"), out=str(tmp_path / "eps"), synthetic=3, image_size=16,
-                    test_list=str(split), target_adim=5, workers=1)
-    result = mod.main(args)
+    result = mod.main(["--robonet-dir", str(tmp_path / "raw"), "--out", str(tmp_path / "eps"), "--synthetic", "3",
+                       "--image-size", "16", "--test-list", str(split), "--target-adim", "5", "--workers", "1"])
     assert result["written"] == 3 and result["test_files"] == 1
     test = EpisodeDataset(tmp_path / "eps", split="test")
     assert len(test) == 1 and test[0]["frames"].shape == (30, 16, 16, 3) and test[0]["actions"].shape == (29, 5)
