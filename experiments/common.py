@@ -34,6 +34,7 @@ class DataConfig:
     augment_shift: int = 0            # random translation in pixels (HARP: 4)
     eval_split: str = "test"          # split used for periodic evaluation ("" = none)
     synthetic_clips: int = 256        # size of the synthetic dataset when root == "synthetic"
+    frames_dir: str = ""              # store: keep frames in a file here instead of RAM (splits larger than memory)
 
 
 def build_clip_datasets(config: DataConfig, *, context: int, future: int, image_size: int,
@@ -67,7 +68,8 @@ def build_clip_datasets(config: DataConfig, *, context: int, future: int, image_
         if len(episodes) == 0:
             return None
         ds = ClipDataset(episodes, context=context, future=future, stride=config.stride,
-                         window_step=config.window_step, augment_shift=augment, with_states=False)
+                         window_step=config.window_step, augment_shift=augment, with_states=False,
+                         frames_dir=Path(config.frames_dir) / split if config.frames_dir else None)
         if ds.image_size != image_size:
             raise UsageError(f"dataset {root} has {ds.image_size}x{ds.image_size} frames, the model expects "
                              f"{image_size}x{image_size}")
