@@ -74,7 +74,7 @@ PLANNING_CONFIG = "experiments/configs/planning_benchmark.yaml"
 class LeaderboardConfig:
     """One evaluation protocol for every entry."""
 
-    models: tuple[str, ...] = ()  # entries as name=path (saved model dirs), e.g. models=[ghvae=runs/ghvae/model]
+    models: tuple[str, ...] = ()  # entries as name=path (saved model dirs), e.g. models=ghvae=runs/ghvae/model
     copy_last: bool = True  # add the parameter-free copy_last baseline as an entry
     data_root: str = "data/metaworld_64"  # episode store, or "synthetic" (ignored with robonet_dir)
     split: str = "test"  # held-out split of the episode store
@@ -116,7 +116,7 @@ def parse_entries(items: tuple[str, ...]) -> list[tuple[str, str]]:
         name, sep, path = item.partition("=")
         name, path = name.strip(), path.strip()
         if not sep or not name or not path:
-            raise UsageError(f"models item {item!r}: expected name=path, e.g. models=[ghvae=runs/ghvae/model] "
+            raise UsageError(f"models item {item!r}: expected name=path, e.g. models=ghvae=runs/ghvae/model "
                              "(a name for the table, then a saved model directory)")
         if name == COPY_LAST or name in {n for n, _ in entries}:
             raise UsageError(f"models item {item!r}: the entry name {name!r} is taken "
