@@ -1,4 +1,9 @@
-"""Shared pieces of the wall-clock-budget quality benchmarks (`harp_quality.py`, `ghvae_quality.py`).
+"""Shared pieces of the quality benchmarks (`harp_quality.py`, `ghvae_quality.py`).
+
+Every training phase of both scripts is one `foresight.train.Trainer` run in its own directory
+(``<out>/<phase>``), budgeted by ``TrainConfig.max_minutes``: it writes checkpoints and ``metrics.jsonl``, a killed
+run resumes from ``<out>/<phase>/checkpoints/last``, and a phase whose Trainer finished (its ``trainer.json``
+says ``finished``) is skipped on a rerun and its final model loaded instead.
 
 Both scripts sit next to this file, so ``import _budget`` works when they run as ``python benchmarks/<name>.py``.
 """
@@ -6,12 +11,15 @@ Both scripts sit next to this file, so ``import _budget`` works when they run as
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+import foresight
+from foresight import checkpoint as ckpt
+from foresight.train import Trainer, TrainConfig, select_device
+
+PHASE_FILE = "phase.json"  # the phase's summary, written when its Trainer has finished
 
 
 def jsonl_logger(path: Path) -> Callable[[dict[str, Any]], None]:
@@ -27,38 +35,58 @@ def jsonl_logger(path: Path) -> Callable[[dict[str, Any]], None]:
     return log
 
 
-def train_for(model: Any, next_batch: Callable[[], dict], minutes: float, *, lr: float, warmup: int,
-              log: Callable[[dict], None], log_every: int = 25, digits: int = 4) -> int:
-    """AdamW on ``model.trainable_parameters()`` for a wall-clock budget; returns the steps taken.
+def finished_record(run_dir: Path) -> dict[str, Any] | None:
+    """The ``trainer.json`` of ``run_dir/checkpoints/last`` when that Trainer run finished (steps cap or minutes
+    budget reached), else None (no checkpoint yet, or one to resume from)."""
+    path = Path(run_dir) / "checkpoints" / ckpt.LAST_LINK / ckpt.TRAINING_STATE_DIR / "trainer.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("finished") else None
 
-    Linear warm-up over ``warmup`` steps, then a cosine from ``lr`` to ``0.1 * lr`` over the number of steps the
-    budget allows (estimated from the speed of the first 20 steps).
+
+def run_phase(model: Any, dataset: Any, config: TrainConfig, *, run_dir: Path, stage: str,
+              eval_dataset: Any = None, log: Callable[[dict], None]) -> tuple[Any, dict[str, Any]]:
+    """Train ``stage`` of ``model`` with the Trainer in ``run_dir``; returns (the trained model in eval mode, the
+    phase's summary: steps, train_seconds, run_dir, ...).
+
+    ``dataset`` is the clip dataset (or a function building it, called only when the phase trains); the Trainer
+    turns it into the stage's data itself (``model.stage_dataset``: HARP's cached codes, GHVAE's cached lower-module
+    features). A checkpoint of an unfinished run is resumed; a finished phase is not trained again: its final model
+    is loaded from ``run_dir`` (a new ``--out`` trains with other budgets).
     """
-    params = list(model.trainable_parameters())
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    budget, t0, step, est_total = minutes * 60, time.perf_counter(), 0, None
-    model.train()
-    while time.perf_counter() - t0 < budget:
-        if step == 20:
-            est_total = max(int(budget / ((time.perf_counter() - t0) / 20)), 40)
-        if step < warmup:
-            factor = (step + 1) / warmup
-        elif est_total:
-            factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / est_total, 1.0)))
-        else:
-            factor = 1.0
-        for g in opt.param_groups:
-            g["lr"] = lr * factor
-        loss, metrics = model(next_batch())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        if step % log_every == 0:
-            log({"stage": model.stage, "step": step, "s": round(time.perf_counter() - t0, 1),
-                 "loss": round(float(loss.detach()), 6), **{k: round(v, digits) for k, v in metrics.items()}})
-    return step
+    run_dir = Path(run_dir)
+    record = finished_record(run_dir)
+    if record is not None:
+        summary: dict[str, Any] = {}
+        if (run_dir / PHASE_FILE).is_file():
+            summary.update(json.loads((run_dir / PHASE_FILE).read_text()))
+        summary.update(steps=int(record["step"]), train_seconds=round(float(record["train_seconds"]), 2),
+                       run_dir=str(run_dir), skipped=True)
+        log({"phase": run_dir.name, "stage": stage, "note": "finished earlier: not trained again", **summary})
+        loaded = foresight.load(run_dir, map_location=select_device(config.device))
+        return loaded.eval(), summary
+    if callable(dataset) and not hasattr(dataset, "__getitem__"):
+        dataset = dataset()
+    t0 = time.perf_counter()
+    trainer = Trainer(model, dataset, config=config, run_dir=run_dir, stage=stage, eval_dataset=eval_dataset)
+    setup_s = round(time.perf_counter() - t0, 1)  # mostly the stage caches (train and held-out)
+    start = trainer.step
+    log({"phase": run_dir.name, "stage": stage, "train_items": len(trainer.train_dataset), "setup_s": setup_s,
+         "resumed_at_step": start, "max_minutes": config.max_minutes, "steps_cap": config.steps})
+    trainer.fit()
+    summary = {"steps": trainer.step, "train_seconds": round(trainer.train_seconds, 2), "run_dir": str(run_dir),
+               "resumed_at_step": start, "setup_s": setup_s, "train_items": len(trainer.train_dataset)}
+    if hasattr(trainer.train_dataset, "nbytes"):
+        summary["cache_mb"] = round(trainer.train_dataset.nbytes() / 2**20, 1)
+    ckpt.atomic_write_text(run_dir / PHASE_FILE, json.dumps(summary, indent=2) + "\n")
+    log({"phase": run_dir.name, "stage": stage, **summary})
+    return trainer.model.eval(), summary
+
+
+def untrained(reason: str) -> dict[str, Any]:
+    """The summary of a phase that was not run (a budget of 0 minutes)."""
+    return {"steps": 0, "train_seconds": 0.0, "run_dir": None, "note": reason}
 
 
 def first_clip_per_task(tasks: list[int], limit: int) -> list[int]:
