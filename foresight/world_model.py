@@ -140,7 +140,8 @@ class WorldModel(nn.Module, abc.ABC):
       single-stage models keep the default ``("all",)``;
     * ``_predict(context_frames, actions, num_samples, generator, horizon)`` -> ``[B, S, T, 3, H, W]``;
     * ``loss(batch) -> (loss, metrics)`` for the current stage;
-    * ``stage_parameters(stage)`` when the model has several stages;
+    * ``stage_modules`` (``{stage: submodule attribute}``) or ``stage_parameters(stage)`` when the model has
+      several stages;
     * optionally ``features`` (for policy heads) and ``embed`` / ``predict_embeddings`` (for planning costs
       that skip decoding).
     """
@@ -148,6 +149,7 @@ class WorldModel(nn.Module, abc.ABC):
     type: ClassVar[str] = ""  # set by @register_model
     config_class: ClassVar[type] = object
     stages: ClassVar[tuple[str, ...]] = ("all",)
+    stage_modules: ClassVar[dict[str, str]] = {}  # stage -> the attribute holding the submodule it trains
 
     def __init__(self, config: Any):
         super().__init__()
@@ -274,8 +276,27 @@ class WorldModel(nn.Module, abc.ABC):
         return self.loss(batch)
 
     def stage_parameters(self, stage: str) -> Iterable[nn.Parameter]:
-        """Parameters trained in ``stage``. Single-stage models train everything."""
-        return self.parameters()
+        """Parameters trained in ``stage``: those of the submodule ``stage_modules[stage]``; single-stage models
+        (no ``stage_modules``) train everything."""
+        if not self.stage_modules:
+            return self.parameters()
+        if stage not in self.stage_modules:
+            raise ValueError(f"unknown stage {stage!r}; stages: {list(self.stages)}")
+        return getattr(self, self.stage_modules[stage]).parameters()
+
+    def clip_frames(self, batch: dict[str, Any]) -> Tensor:
+        """A clip batch's ``frames`` as float ``[B, C+F, 3, H, W]`` on the model's device, checked and cut to
+        ``context_frames + future_frames`` (for losses that train on whole clips)."""
+        frames = batch.get("frames")
+        if frames is None:
+            raise ValueError(f"the {self.stage} stage trains on clip batches with 'frames' [B, C+F, 3, H, W]")
+        frames = check_frames(as_float_frames(frames).to(self.device), name="batch['frames']",
+                              image_size=self.image_size, check_range=False)
+        length = self.context_frames + self.future_frames
+        if frames.shape[1] < length:
+            raise ValueError(f"batch['frames']: expected clips of at least context_frames + future_frames = "
+                             f"{length} frames, got {list(frames.shape)}")
+        return frames[:, :length]
 
     def set_stage(self, stage: str) -> "WorldModel":
         """Select the training stage: only its parameters keep ``requires_grad``."""

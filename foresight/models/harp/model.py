@@ -14,11 +14,11 @@ Stages: ``tokenizer`` (VQ-GAN on single frames) then ``transformer`` (tokenizer 
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from foresight.data.cache import CachedCodes
 from foresight.models.harp.config import HarpConfig
@@ -37,6 +37,7 @@ class Harp(WorldModel):
 
     config_class = HarpConfig
     stages = ("tokenizer", "transformer")
+    stage_modules = {"tokenizer": "tokenizer", "transformer": "transformer"}  # codebook: EMA buffers
 
     def __init__(self, config: HarpConfig):
         config.validate()
@@ -45,13 +46,6 @@ class Harp(WorldModel):
         self.transformer = CodeTransformer(config)
 
     # ------------------------------------------------------------------ stages
-    def stage_parameters(self, stage: str) -> Iterable[nn.Parameter]:
-        if stage == "tokenizer":
-            return self.tokenizer.parameters()  # encoder, decoder, discriminator (codebook: EMA buffers)
-        if stage == "transformer":
-            return self.transformer.parameters()  # embeddings, ResNet context net, blocks, head
-        raise ValueError(f"unknown stage {stage!r}; stages: {list(self.stages)}")
-
     # ------------------------------------------------------------------ codes
     @torch.no_grad()
     def encode(self, frames: Tensor, *, batch_size: int = 256) -> Tensor:

@@ -28,18 +28,18 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from foresight.data.cache import CachedCodes, code_dtype, encode_clips
 from foresight.models.video_vqvae.config import VideoVQVAEConfig
 from foresight.models.video_vqvae.pixelcnn import BottomPrior, TopPrior, sample_slice
 from foresight.models.video_vqvae.vqvae import HierarchicalVQVAE
 from foresight.registry import register_model
-from foresight.world_model import WorldModel, as_float_frames, check_frames
+from foresight.world_model import WorldModel
 
 __all__ = ["VideoVQVAE", "step_actions"]
 
@@ -65,6 +65,7 @@ class VideoVQVAE(WorldModel):
 
     config_class = VideoVQVAEConfig
     stages = ("vqvae", "top_prior", "bottom_prior")
+    stage_modules = {"vqvae": "vqvae", "top_prior": "top_prior", "bottom_prior": "bottom_prior"}
 
     def __init__(self, config: VideoVQVAEConfig):
         config.validate()
@@ -74,15 +75,6 @@ class VideoVQVAE(WorldModel):
         self.bottom_prior = BottomPrior(config)
 
     # ------------------------------------------------------------------ stages
-    def stage_parameters(self, stage: str) -> Iterable[nn.Parameter]:
-        if stage == "vqvae":
-            return self.vqvae.parameters()  # encoders, decoder (codebooks: EMA buffers)
-        if stage == "top_prior":
-            return self.top_prior.parameters()
-        if stage == "bottom_prior":
-            return self.bottom_prior.parameters()
-        raise ValueError(f"unknown stage {stage!r}; stages: {list(self.stages)}")
-
     # ------------------------------------------------------------------ codes
     @torch.no_grad()
     def encode(self, frames: Tensor, *, batch_size: int = 64) -> tuple[Tensor, Tensor]:
@@ -105,20 +97,8 @@ class VideoVQVAE(WorldModel):
             return self._top_prior_loss(batch)
         return self._bottom_prior_loss(batch)
 
-    def _clip_frames(self, batch: dict[str, Any]) -> Tensor:
-        frames = batch.get("frames")
-        if frames is None:
-            raise ValueError("expected a clip batch with 'frames' [B, C+F, 3, H, W]")
-        frames = check_frames(as_float_frames(frames).to(self.device), name="batch['frames']",
-                              image_size=self.image_size, check_range=False)
-        length = self.context_frames + self.future_frames
-        if frames.shape[1] < length:
-            raise ValueError(f"batch['frames']: expected clips of at least context_frames + future_frames = "
-                             f"{length} frames, got {list(frames.shape)}")
-        return frames[:, :length]
-
     def _vqvae_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
-        return self.vqvae.loss(self._clip_frames(batch))
+        return self.vqvae.loss(self.clip_frames(batch))
 
     def _codes_of(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """(top [B, L, ht, wt], bottom [B, Tb, hb, wb]) codes of a cached batch or of a clip batch."""
@@ -126,7 +106,7 @@ class VideoVQVAE(WorldModel):
         if "codes" in batch and "bottom_codes" in batch:
             top, bottom = batch["codes"].to(self.device).long(), batch["bottom_codes"].to(self.device).long()
         elif "frames" in batch:
-            bottom, top = self.encode(self._clip_frames(batch))
+            bottom, top = self.encode(self.clip_frames(batch))
         else:
             raise ValueError(f"the {self.stage} stage expects a batch with 'codes' and 'bottom_codes' (from "
                              f"stage_dataset) or 'frames'")

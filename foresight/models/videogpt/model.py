@@ -22,18 +22,18 @@ returned. A horizon that is not a multiple of dt holds the last action for the r
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from foresight.data.cache import CachedCodes, code_dtype, encode_clips
 from foresight.models.videogpt.config import VideoGPTConfig
 from foresight.models.videogpt.prior import LatentPrior, sample_future_codes
 from foresight.models.videogpt.vqvae import ClipVQVAE
 from foresight.registry import register_model
-from foresight.world_model import WorldModel, as_float_frames, check_frames
+from foresight.world_model import WorldModel, as_float_frames
 
 __all__ = ["VideoGPT"]
 
@@ -44,6 +44,7 @@ class VideoGPT(WorldModel):
 
     config_class = VideoGPTConfig
     stages = ("vqvae", "prior")
+    stage_modules = {"vqvae": "vqvae", "prior": "prior"}  # codebook: EMA buffers
 
     def __init__(self, config: VideoGPTConfig):
         config.validate()
@@ -52,13 +53,6 @@ class VideoGPT(WorldModel):
         self.prior = LatentPrior(config)
 
     # ------------------------------------------------------------------ stages
-    def stage_parameters(self, stage: str) -> Iterable[nn.Parameter]:
-        if stage == "vqvae":
-            return self.vqvae.parameters()  # encoder, decoder, positions (codebook: EMA buffers)
-        if stage == "prior":
-            return self.prior.parameters()  # embeddings, conditioning ResNet, blocks, head
-        raise ValueError(f"unknown stage {stage!r}; stages: {list(self.stages)}")
-
     # ------------------------------------------------------------------ codes
     @torch.no_grad()
     def encode(self, frames: Tensor, *, batch_size: int = 64) -> Tensor:
@@ -89,16 +83,7 @@ class VideoGPT(WorldModel):
         return self._prior_loss(batch)
 
     def _vqvae_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
-        frames = batch.get("frames")
-        if frames is None:
-            raise ValueError("the vqvae stage trains on clip batches with 'frames' [B, C+F, 3, H, W]")
-        frames = check_frames(as_float_frames(frames).to(self.device), name="batch['frames']",
-                              image_size=self.image_size, check_range=False)
-        length = self.context_frames + self.future_frames
-        if frames.shape[1] < length:
-            raise ValueError(f"batch['frames']: expected clips of at least context_frames + future_frames = "
-                             f"{length} frames, got {list(frames.shape)}")
-        return self.vqvae.loss(frames[:, :length])
+        return self.vqvae.loss(self.clip_frames(batch))
 
     def _prior_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         c, f, cfg = self.context_frames, self.future_frames, self.config
