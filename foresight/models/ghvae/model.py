@@ -53,6 +53,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from foresight.nn.distributions import gaussian_kl
 from foresight.registry import register_model
 from foresight.world_model import WorldModel
 
@@ -63,12 +64,6 @@ from .modules import GHVAEModule
 __all__ = ["GHVAE"]
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def gaussian_kl_fixed_q(mu_q: Tensor, std_q: float, mu_p: Tensor, logstd_p: Tensor) -> Tensor:
-    """KL( N(mu_q, std_q^2) || N(mu_p, exp(logstd_p)^2) ) per element (q's std is the fixed scalar)."""
-    var_p = torch.exp(2 * logstd_p)
-    return logstd_p - math.log(std_q) + (std_q**2 + (mu_q - mu_p) ** 2) / (2 * var_p) - 0.5
 
 
 @register_model("ghvae")
@@ -255,7 +250,7 @@ class GHVAE(WorldModel):
         pred, y = self.decode(cur, z.flatten(0, 1), frames[:, c - 1: n - 1].flatten(0, 1), future_actions)
         target = frames[:, c:].flatten(0, 1)
         mse = F.mse_loss(pred, target)
-        kl = gaussian_kl_fixed_q(mu_q, std_q, mu_p, logstd_p).flatten(2).sum(-1).mean()  # nats per frame
+        kl = gaussian_kl(mu_q, math.log(std_q), mu_p, logstd_p).flatten(2).sum(-1).mean()  # nats per frame
         pixels = 3 * self.image_size**2
         # The next-feature probe (module docstring): detached inputs and target, so it trains only the head.
         h_next = hs[-1][:, c:].flatten(0, 1).detach()  # [B*F, C^d, H^d, W^d]

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from foresight.nn.distributions import gaussian_kl
 from foresight.registry import register_model
 from foresight.world_model import WorldModel
 
@@ -40,12 +41,6 @@ from .config import HierVRNNConfig
 from .modules import FrameDecoder, FrameEncoder, LatentLevel, State
 
 __all__ = ["HierVRNN", "gaussian_kl"]
-
-
-def gaussian_kl(mean_q: Tensor, logstd_q: Tensor, mean_p: Tensor, logstd_p: Tensor) -> Tensor:
-    """KL( N(mean_q, exp(logstd_q)^2) || N(mean_p, exp(logstd_p)^2) ) per element."""
-    var_q, var_p = torch.exp(2 * logstd_q), torch.exp(2 * logstd_p)
-    return logstd_p - logstd_q + (var_q + (mean_q - mean_p) ** 2) / (2 * var_p) - 0.5
 
 
 @register_model("hier_vrnn")
