@@ -50,3 +50,23 @@ class SyntheticClips(Dataset):
             dy, dx = torch.randint(-self.augment_shift, self.augment_shift + 1, (2,)).tolist()
             frames = torch.roll(frames, shifts=(dy, dx), dims=(-2, -1))
         return {"frames": frames, "actions": actions}
+
+
+def fit_stage(model, stage: str, data: dict, *, steps: int, lr: float, batch_size: int = 16,
+              seed: int = 1) -> list[float]:
+    """Train ``stage`` of ``model`` on in-memory tensors ``data`` (``{key: [N, ...]}``) with plain AdamW for
+    ``steps`` steps of random batches (seeded); returns the losses. For tests that need a briefly trained tiny
+    model without a Trainer run directory."""
+    model.set_stage(stage).train()
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    n = next(iter(data.values())).shape[0]
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, n, (batch_size,), generator=g)
+        loss, _ = model({k: v[idx] for k, v in data.items()})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses

@@ -15,7 +15,7 @@ from foresight.data.cache import CachedCodes
 from foresight.models.video_vqvae import VideoVQVAE, VideoVQVAEConfig
 from foresight.models.video_vqvae.model import step_actions
 from foresight.models.video_vqvae.pixelcnn import MaskedConv3d
-from foresight.testing import SyntheticClips
+from foresight.testing import SyntheticClips, fit_stage
 
 torch.set_num_threads(1)
 
@@ -355,34 +355,18 @@ def test_planners_work_with_video_vqvae(optimizer, cost):
 
 
 # ---------------------------------------------------------------------------------------------- trained tiny model
-def _fit(model: VideoVQVAE, stage: str, data: dict[str, torch.Tensor], *, steps: int, lr: float) -> list[float]:
-    model.set_stage(stage).train()
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(1)
-    n = next(iter(data.values())).shape[0]
-    losses = []
-    for _ in range(steps):
-        idx = torch.randint(0, n, (16,), generator=g)
-        loss, _ = model({k: v[idx] for k, v in data.items()})
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
-
-
 @pytest.fixture(scope="module")
 def trained():
     """A tiny model trained on `SyntheticClips` (a square moved by ``actions[:, :2]``), every stage in turn."""
     torch.manual_seed(0)
     model = VideoVQVAE(tiny_config())
     data = clip_batch(512)
-    vq = _fit(model, "vqvae", data, steps=250, lr=2e-3)
+    vq = fit_stage(model, "vqvae", data, steps=250, lr=2e-3)
     model.eval()
     bottom, top = model.encode(data["frames"])
     codes = {"codes": top, "bottom_codes": bottom, "actions": data["actions"]}
-    top_ce = _fit(model, "top_prior", codes, steps=200, lr=3e-3)
-    bottom_ce = _fit(model, "bottom_prior", codes, steps=200, lr=3e-3)
+    top_ce = fit_stage(model, "top_prior", codes, steps=200, lr=3e-3)
+    bottom_ce = fit_stage(model, "bottom_prior", codes, steps=200, lr=3e-3)
     return {"model": model.eval(), "vqvae": vq, "top_prior": top_ce, "bottom_prior": bottom_ce}
 
 

@@ -14,7 +14,7 @@ from foresight.data.cache import CachedCodes
 from foresight.models.videogpt import VideoGPT, VideoGPTConfig
 from foresight.models.videogpt import prior as prior_module
 from foresight.models.videogpt.prior import sample_future_codes
-from foresight.testing import SyntheticClips
+from foresight.testing import SyntheticClips, fit_stage
 
 torch.set_num_threads(1)
 
@@ -306,22 +306,6 @@ def test_planners_work_with_videogpt(cost):
 
 
 # ---------------------------------------------------------------------------------------------- trained tiny model
-def _fit(model: VideoGPT, stage: str, data: dict[str, torch.Tensor], *, steps: int, lr: float) -> list[float]:
-    model.set_stage(stage).train()
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(1)
-    n = next(iter(data.values())).shape[0]
-    losses = []
-    for _ in range(steps):
-        idx = torch.randint(0, n, (16,), generator=g)
-        loss, _ = model({k: v[idx] for k, v in data.items()})
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
-
-
 @pytest.fixture(scope="module")
 def trained():
     """A tiny model trained on `SyntheticClips` (a square moved by ``actions[:, :2]``): 200 steps per stage."""
@@ -329,10 +313,10 @@ def trained():
     model = VideoGPT(tiny_config())
     clips = SyntheticClips(512, context_frames=2, future_frames=4, image_size=SIZE, square=SQUARE, seed=0)
     data = {k: torch.stack([clips[i][k] for i in range(len(clips))]) for k in ("frames", "actions")}
-    vq = _fit(model, "vqvae", data, steps=200, lr=5e-3)
+    vq = fit_stage(model, "vqvae", data, steps=200, lr=5e-3)
     model.eval()
     codes = {"codes": model.encode(data["frames"]), "actions": data["actions"], "context": data["frames"][:, :2]}
-    ce = _fit(model, "prior", codes, steps=200, lr=3e-3)
+    ce = fit_stage(model, "prior", codes, steps=200, lr=3e-3)
     return {"model": model.eval(), "vqvae_loss": vq, "prior_ce": ce}
 
 
