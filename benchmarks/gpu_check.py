@@ -18,6 +18,9 @@ Sections (each timed; a failure is recorded in the JSON with its message and the
 * ``ddp``: two HARP training steps of the Trainer inside DistributedDataParallel, world size 1 (NCCL / gloo).
 * ``checkpoint``: a few bf16 training steps, ``save_pretrained``, ``foresight.load``; weights and predictions
   under the same seed must be bit-identical.
+* ``mt50``: the main job's whole pipeline at its ``tiny`` preset (`experiments/mt50_bc.py`: demo collection,
+  HARP pretraining, behaviour cloning of HARP and CNN-LSTM, MT50 evaluation, report) in a temporary folder,
+  training on the check's device; a smoke test of the pipeline on that machine, not a result.
 
 The JSON is rewritten atomically after every section, so a run cut short keeps what it measured. Models have
 random weights: speed does not depend on training. ``--budget-seconds`` is soft: each section gets a share of
@@ -61,9 +64,9 @@ from foresight.train import TrainConfig, Trainer
 
 from experiments.common import UsageError, cli_main  # noqa: E402
 
-SECTIONS = ("environment", "train", "sampling", "planning", "ddp", "checkpoint")
+SECTIONS = ("environment", "train", "sampling", "planning", "ddp", "checkpoint", "mt50")
 # Relative share of the budget each section may spend on timed repeats (warm-ups and builds are not scaled).
-SECTION_WEIGHTS = {"environment": 1, "train": 8, "sampling": 6, "planning": 3, "ddp": 2, "checkpoint": 4}
+SECTION_WEIGHTS = {"environment": 1, "train": 8, "sampling": 6, "planning": 3, "ddp": 2, "checkpoint": 4, "mt50": 3}
 # Nominal dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets; first match wins.
 NOMINAL_BF16_TFLOPS = (("H200 NVL", 835.5), ("H200", 989.4))
 SAMPLING_CANDIDATES, SAMPLING_HORIZON = 200, 10
@@ -540,9 +543,26 @@ def _round_trip(check: Check, name: str) -> dict[str, Any]:
             "save_seconds": rounded(save_s), "load_seconds": rounded(load_s), "checkpoint_mib": rounded(size_mib)}
 
 
+def section_mt50(check: Check, allowance: Allowance) -> dict[str, Any]:
+    """`experiments/mt50_bc.py --preset tiny` end to end in a temporary folder, training on the check's device."""
+    from experiments import mt50_bc
+
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="gpu_check_mt50_") as tmp:
+        t0 = time.perf_counter()
+        result = mt50_bc.main(["--preset", "tiny", f"run_dir={tmp}/run", f"data_root={tmp}/data",
+                               "methods=[harp,cnn_lstm]", f"threads={threads}"])
+        seconds = time.perf_counter() - t0
+        report = Path(tmp, "run", "results.md").is_file()
+    torch.set_num_threads(threads)
+    success = {m: rounded(float(np.mean(v))) for m, v in result.items()}
+    return {"seconds": rounded(seconds), "mean_success": success, "report_written": report,
+            "summary": f"tiny pipeline {seconds:.0f} s, report written: {report}, success {success}"}
+
+
 SECTION_FUNCTIONS: dict[str, Callable[[Check, Allowance], dict[str, Any]]] = {
     "environment": section_environment, "train": section_train, "sampling": section_sampling,
-    "planning": section_planning, "ddp": section_ddp, "checkpoint": section_checkpoint,
+    "planning": section_planning, "ddp": section_ddp, "checkpoint": section_checkpoint, "mt50": section_mt50,
 }
 
 

@@ -40,6 +40,8 @@ def test_cpu_run_writes_every_section(gpu_check, tmp_path):
         assert entry["seconds"] >= 0 and entry["results"]["summary"]
     s = {name: entry["results"] for name, entry in data["sections"].items()}
 
+    assert s["mt50"]["report_written"] and set(s["mt50"]["mean_success"]) == {"harp", "cnn_lstm"}
+
     env = s["environment"]
     assert env["torch"] and env["device"] == "cpu" and env["torch_threads"] >= 1
     assert set(env["sdpa_enabled"]) == {"flash", "mem_efficient", "cudnn", "math"}
