@@ -41,6 +41,9 @@ import torch
 from experiments.common import UsageError, cli_main
 from foresight.config import build_config
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling gpu_check, also when imported from tests
+from gpu_check import count_flops  # noqa: E402
+
 
 @dataclass
 class BenchPredictConfig:
@@ -58,14 +61,6 @@ class BenchPredictConfig:
     device: str = "auto"                     # auto | cpu | cuda
     seed: int = 0
     out: str = ""                            # write the results here as JSON
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def _sync(device: torch.device) -> None:
