@@ -420,8 +420,11 @@ class RandomActionAgent:
 
 
 def run_episode(env: Any, agent: Any, goal_image: Any, *, max_steps: int, reset_kwargs: dict | None = None,
-                image_key: str = "image", progress: bool = False) -> dict[str, Any]:
+                image_key: str = "image", progress: bool = False, stop_on_success: bool = False) -> dict[str, Any]:
     """Run one closed-loop episode with the gymnasium API.
+
+    ``stop_on_success``: end the episode at the first step whose info reports success (success "at any step" is
+    then unchanged, and the episode's last frame is its first successful one).
 
     Returns a dict with ``frames`` uint8 [T+1, H, W, 3] (real), ``actions`` float32 [T, A], ``rewards`` [T],
     ``success`` [T] (info['success'] if the env reports it, else 0), ``infos`` (last info), ``seconds``.
@@ -442,7 +445,7 @@ def run_episode(env: Any, agent: Any, goal_image: Any, *, max_steps: int, reset_
         actions.append(np.asarray(action, np.float32))
         rewards.append(float(reward))
         success.append(float(info.get("success", 0.0)) if isinstance(info, dict) else 0.0)
-        if terminated or truncated:
+        if terminated or truncated or (stop_on_success and success[-1] > 0):
             break
     return {"frames": np.stack(frames), "actions": np.stack(actions) if actions else np.zeros((0, 0), np.float32),
             "rewards": np.asarray(rewards, np.float32), "success": np.asarray(success, np.float32),

@@ -314,10 +314,18 @@ def measure_matmul_peak(check: Check, seconds: float = 0.5) -> dict[str, Any]:
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call of ``fn`` (forward and backward matmuls, convolutions, attention) by FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one call of ``fn`` (forward and backward matmuls, convolutions, attention) by FlopCounterMode.
 
-    with FlopCounterMode(display=False) as counter:
+    PyTorch's counter has no formula for the fused CPU attention kernel that ``scaled_dot_product_attention``
+    runs on CPU (``_scaled_dot_product_flash_attention_for_cpu``), so it would count CPU attention as zero; it is
+    counted here with the same formula as the GPU kernels (2 matmuls: scores and weighted values)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_flash(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return int(counter.get_total_flops())
 

@@ -81,6 +81,8 @@ class PlanToGoalConfig:
     gripper: bool = False                  # script the gripper (close below gripper_z) instead of planning it
     gripper_z: float = 0.08
     max_steps: int = 50                    # control steps per episode
+    stop_on_success: bool = False          # end an episode at its first success (success rate unchanged; the
+                                           # final distances are then those of that step; saves compute)
     goal_settle_steps: int = 40            # goal = the expert's frame deepest in success within this many steps
                                            # of its first success (0: the first successful frame; envs/goals.py)
     image_size: int = 64
@@ -445,7 +447,7 @@ def run_metaworld_episode(cfg: PlanToGoalConfig, task: str, variation: int, run_
     check = None
     if cfg.control_check and cfg.agent == "mpc" and variation == cfg.variations[0]:
         check = control_check(cfg, agent, env, goal)
-    ep = run_episode(env, agent, goal.image, max_steps=cfg.max_steps)
+    ep = run_episode(env, agent, goal.image, max_steps=cfg.max_steps, stop_on_success=cfg.stop_on_success)
     final_state = env.get_sim_state()["state_obs"]
     plans = ep["records"]
     row = {
@@ -514,6 +516,9 @@ def _resumable_rows(run_dir: Path, cfg: PlanToGoalConfig) -> list[dict[str, Any]
         return []
     same = {k: v for k, v in old.get("config", {}).items() if k not in ("workers", "threads", "name")}
     now = {k: v for k, v in json.loads(json.dumps(to_dict(cfg))).items() if k not in ("workers", "threads", "name")}
+    # an option added after that run started, left at its default, is the run's behaviour too
+    defaults = json.loads(json.dumps(to_dict(PlanToGoalConfig())))
+    now = {k: v for k, v in now.items() if k in same or v != defaults.get(k)}
     if same != now:
         raise UsageError(f"{run_dir} holds a run with another config; pass a new name=... or remove it")
     return list(old.get("per_episode", []))

@@ -256,7 +256,23 @@ class WorldModel(nn.Module, abc.ABC):
             horizon = actions.shape[1]
             actions = actions.to(self.device, torch.float32)
         context_frames = context_frames[:, -self.context_frames:].to(self.device, torch.float32)
+        self.use_channels_last()  # every prediction path checks its inputs here first
         return context_frames, actions, int(horizon)
+
+    def use_channels_last(self) -> None:
+        """Store the convolution weights channels-last (NHWC), once (prediction calls this).
+
+        oneDNN on CPU and cuDNN on GPU run NHWC convolutions faster than NCHW ones; the values do not change
+        (outputs agree to float rounding) and the parameters stay the same objects, so optimisers and
+        checkpoints are unaffected. Measured on `benchmarks/bench_predict.py` (docs/performance.md).
+        """
+        if getattr(self, "_channels_last", False):
+            return
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.weight.dim() == 4:
+                    module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
+        self._channels_last = True
 
     def _generator(self, generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
         if generator is not None and seed is not None:

@@ -33,3 +33,11 @@ def test_bench_predict_reports_flops_latency_and_scaling(tmp_path):
     assert f4 == pytest.approx(2 * f2, rel=0.05)
     with pytest.raises(bench_predict.UsageError, match="unknown model"):
         bench_predict.main(["--models", "nope"])
+
+
+def test_flop_count_includes_cpu_attention():
+    # PyTorch's counter alone counts the fused CPU attention kernel as zero FLOPs
+    torch = bench_predict.torch
+    q, k = torch.randn(2, 4, 1, 8), torch.randn(2, 4, 10, 8)
+    flops = bench_predict.count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, k))
+    assert flops == 2 * (2 * 2 * 4 * 1 * 8 * 10)  # scores and weighted values, 2 FLOPs per multiply-add

@@ -308,3 +308,19 @@ def test_attention_dropout_is_configured_separately():
     cfg = foresight.preset(HarpConfig, "quick")
     assert cfg.attn_dropout == 0.0 and cfg.dropout == 0.1  # quick keeps CPU attention on the fused kernel
     assert Harp(tiny_config(attn_dropout=0.2)).transformer.transformer.blocks[0].attn.dropout == 0.2
+
+
+@pytest.mark.parametrize("horizon", [3, 5])  # 5 > future_frames=3: slides re-run frames after the shared prefix
+def test_shared_context_prefix_gives_the_same_codes_as_copying_it(horizon):
+    torch.manual_seed(0)
+    model = Harp(tiny_config()).eval()
+    ctx = torch.rand(1, 1, 3, 16, 16).expand(4, -1, -1, -1, -1)  # one context, 4 candidates (a planner's call)
+    codes = model.encode(ctx)
+    actions = torch.randn(4, horizon, 4)
+    kw = dict(horizon=horizon, num_samples=2)
+    shared = sample_codes(model.transformer, codes, ctx, actions, generator=torch.Generator().manual_seed(1), **kw)
+    copied = sample_codes(model.transformer, codes, ctx, actions, generator=torch.Generator().manual_seed(1),
+                          share_context=False, **kw)
+    assert torch.equal(shared, copied)
+    # and the candidates really differ (the comparison is not between constant outputs)
+    assert not torch.equal(shared[0], shared[1])

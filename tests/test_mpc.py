@@ -256,3 +256,22 @@ def test_rest_action_reaches_the_planner_without_the_scripted_gripper_dim():
     assert agent.planner.rest_action.tolist() == [0.25, -0.5]
     assert VisualMPC(model, CEM(num_samples=8), horizon=2, action_low=-np.ones(3),
                      action_high=np.ones(3)).planner.rest_action is None
+
+
+def test_run_episode_can_stop_at_the_first_success():
+    class Scripted:  # walks straight at the goal, one pixel per step along each axis
+        records = []
+
+        def reset(self, goal):
+            pass
+
+        def act(self, obs):
+            return np.clip(GOAL - obs["state"][:2], -1.0, 1.0).astype(np.float32)
+
+    full = run_episode(PointEnv(), Scripted(), goal_image(), max_steps=12)
+    first = int(np.argmax(full["success"]) + 1)
+    assert full["success"].any() and first < 12 and len(full["actions"]) == 12
+    stopped = run_episode(PointEnv(), Scripted(), goal_image(), max_steps=12, stop_on_success=True)
+    assert len(stopped["actions"]) == first and stopped["success"][-1] == 1.0 and stopped["success"][:-1].max() == 0
+    assert np.array_equal(stopped["actions"], full["actions"][:first])
+    assert len(stopped["frames"]) == first + 1

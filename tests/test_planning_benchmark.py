@@ -159,3 +159,15 @@ def test_episode_workers_end_when_the_run_is_killed(tmp_path):
     else:
         os.kill(worker, signal.SIGKILL)
         raise AssertionError("the worker outlived its killed parent run by 10 s")
+
+
+def test_resume_accepts_a_run_made_before_an_option_existed(tmp_path):
+    cfg = plan_to_goal.PlanToGoalConfig(tasks=("reach-v3",), variations=(10000,))
+    old = json.loads(json.dumps(plan_to_goal.to_dict(cfg)))
+    del old["stop_on_success"]  # the run was started by a version without this option
+    (tmp_path / "eval_info.json").write_text(json.dumps({"config": old, "per_episode": [{"task": "reach-v3"}]}))
+    assert plan_to_goal._resumable_rows(tmp_path, cfg) == [{"task": "reach-v3"}]
+    # ... but asking for the new behaviour is another config
+    with pytest.raises(ValueError, match="another config"):
+        plan_to_goal._resumable_rows(tmp_path, plan_to_goal.PlanToGoalConfig(tasks=("reach-v3",), variations=(10000,),
+                                                                            stop_on_success=True))

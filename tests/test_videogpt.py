@@ -375,3 +375,16 @@ def test_train_script_trains_every_stage_and_refuses_a_random_vqvae(tmp_path):
     assert int(model.vqvae.quantizer.initialized) == 1
     video = model.predict(torch.rand(1, 2, 3, SIZE, SIZE), torch.zeros(1, 4, 4), seed=0)
     assert video.shape == (1, 1, 4, 3, SIZE, SIZE)
+
+
+@pytest.mark.parametrize("horizon", [4, 9])  # 9 > future_frames: slides re-run steps after the shared prefix
+def test_one_shared_context_for_many_candidates_matches_recomputation(horizon):
+    # a planner's call: one context, many candidate action sequences; the context's keys / values are a prefix
+    # shared by all rows (KVCache.broadcast) and must give the codes of the full recomputation
+    model = tiny_model().eval()
+    context = torch.rand(1, 2, 3, SIZE, SIZE).expand(4, -1, -1, -1, -1)
+    actions = torch.randn(4, horizon, 4)
+    cached = model.predict_codes(context, actions, 2, seed=5, use_cache=True)
+    recomputed = model.predict_codes(context, actions, 2, seed=5, use_cache=False)
+    assert torch.equal(cached, recomputed)
+    assert not torch.equal(cached[0], cached[1])

@@ -137,3 +137,28 @@ def test_features_are_causal(tiny_conv):
 def test_world_model_is_abstract():
     with pytest.raises(TypeError):
         WorldModel(object())
+
+
+@pytest.mark.parametrize("name", ["conv", "ghvae", "harp"])
+def test_prediction_in_channels_last_equals_the_nchw_path(name):
+    import copy
+
+    from foresight.registry import get_model_class
+
+    torch.manual_seed(0)
+    cls = get_model_class(name)
+    nchw = cls(preset(cls.config_class, "tiny")).eval()
+    nhwc = copy.deepcopy(nchw)
+    nchw._channels_last = True  # pretend it was converted: it predicts with its NCHW weights
+    params = [id(p) for p in nhwc.parameters()]
+    size, c, a = nchw.image_size, nchw.context_frames, nchw.action_dim
+    ctx, actions = torch.rand(3, c, 3, size, size), torch.rand(3, 4, a) * 2 - 1
+    ref = nchw.predict(ctx, actions, seed=1)
+    out = nhwc.predict(ctx, actions, seed=1)  # converts its convolution weights on this first call
+    convs = [m.weight for m in nhwc.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not all(w.is_contiguous() for w in convs)  # really another layout (not 1x1 everywhere)
+    assert [id(p) for p in nhwc.parameters()] == params  # the same parameter objects (optimisers keep them)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert nhwc.state_dict().keys() == nchw.state_dict().keys()
+    assert all(torch.equal(x, y) for x, y in zip(nhwc.state_dict().values(), nchw.state_dict().values()))

@@ -6,7 +6,10 @@ frame, D width, K codebook size.
 * One new code per transformer call, with a preallocated K/V cache (``use_cache=False`` recomputes the whole
   window for every code; same logits, kept for the exactness test and the speed benchmark).
 * Context encoded once: when all B contexts are the same image sequence (a planner scoring B candidate action
-  sequences), the context's slots run for ONE row and the cache is copied to the M rows.
+  sequences), the context's slots run for ONE row. Their keys / values are a prefix SHARED by the M rows
+  (`KVCache.broadcast`): attention over it is one matrix product for all rows rather than M copies streamed
+  from memory per code (``share_context=False`` copies it to every row instead; the same codes, kept for the
+  equality test and the benchmark).
 * Rollouts longer than ``future_frames``, HARP App. A.2: keep the context frames, feed the last F-1 predicted
   frames as the first future frames of the window and predict the next one; repeat. The context part of the cache
   is reused; only the F-1 frames are re-run (in one parallel pass) per extra frame.
@@ -83,7 +86,8 @@ class _Window:
 
 def sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Tensor | None, actions: Tensor | None,
                  *, horizon: int, num_samples: int = 1, top_k: int = 10, temperature: float = 1.0,
-                 generator: torch.Generator | None = None, use_cache: bool = True) -> Tensor:
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 share_context: bool = True) -> Tensor:
     """Sample future codes.
 
     Args:
@@ -95,13 +99,14 @@ def sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Ten
     """
     with torch.inference_mode():  # cheaper per op than no_grad: sampling runs ~50 small ops per code
         out = _sample_codes(tr, context_codes, context_frames, actions, horizon=horizon, num_samples=num_samples,
-                            top_k=top_k, temperature=temperature, generator=generator, use_cache=use_cache)
+                            top_k=top_k, temperature=temperature, generator=generator, use_cache=use_cache,
+                            share_context=share_context)
     return out.clone()  # a normal tensor again: inference tensors cannot be saved for backward or edited in place
 
 
 def _sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Tensor | None, actions: Tensor | None,
                   *, horizon: int, num_samples: int, top_k: int, temperature: float,
-                  generator: torch.Generator | None, use_cache: bool) -> Tensor:
+                  generator: torch.Generator | None, use_cache: bool, share_context: bool = True) -> Tensor:
     cfg = tr.config
     b, c, g = context_codes.shape[0], cfg.context_frames, cfg.grid
     n, f, s = tr.codes_per_frame, cfg.future_frames, num_samples
@@ -116,10 +121,11 @@ def _sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Te
     ctx_cache = pos_table = None
     if use_cache:
         pos_table = tr.pos(torch.arange(max_len, device=ctx_content.device)).to(ctx_content.dtype)  # [L_max, D]
-        # context slots run once per distinct context (no action embeddings there), then copied to all rows
+        # context slots run once per distinct context (no action embeddings there), then shared by (or copied
+        # to) the m // rows rows of that context
         ctx_cache = tr.transformer.new_cache(max_len)
         tr.prefill(tr.shifted(ctx_content[::m // rows]), None, ctx_cache)
-        ctx_cache = ctx_cache.repeat_interleave(m // rows)
+        ctx_cache = ctx_cache.broadcast(m // rows) if share_context else ctx_cache.repeat_interleave(m // rows)
 
     frames: list[Tensor] = []  # each [M, N]
     for step in range(horizon):
@@ -131,7 +137,8 @@ def _sample_codes(tr: CodeTransformer, context_codes: Tensor, context_frames: Te
             prior = frames[first:step]
             prior_content = (tr.tok_emb(torch.cat(prior, 1)) if prior
                              else ctx_content.new_zeros(m, 0, ctx_content.shape[2]))  # [M, (step-first)*N, D]
-            cache = ctx_cache.repeat_interleave(1) if use_cache else None  # repeat_interleave(1) copies
+            # repeat_interleave(1) copies the per-row part (the shared prefix stays shared)
+            cache = ctx_cache.repeat_interleave(1) if use_cache else None
             window = _Window(tr, torch.cat([ctx_content, prior_content], dim=1), window_acts, cache, pos_table)
             if use_cache and prior:
                 prev = torch.cat([ctx_content[:, -1:], prior_content[:, :-1]], dim=1)

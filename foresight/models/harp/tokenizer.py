@@ -117,7 +117,8 @@ class VQGAN(nn.Module):
     @torch.no_grad()
     def decode_codes(self, codes: Tensor) -> Tensor:
         """codes [N, h, w] -> frames [N, 3, H, W] in [0, 1]."""
-        return self.decode_latent(self.quantizer.codes_to_latent(codes)).float().clamp(0, 1)
+        z_q = self.quantizer.codes_to_latent(codes).contiguous(memory_format=torch.channels_last)  # NHWC convs: faster
+        return self.decode_latent(z_q).float().clamp(0, 1).contiguous()
 
     def reconstruct(self, frames: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
         """frames [N, 3, H, W] in [0, 1] -> (reconstruction [N, 3, H, W] unclamped, commit loss, codebook stats)."""

@@ -223,7 +223,7 @@ def _all_same(x: Tensor) -> bool:
 def sample_future_codes(prior: LatentPrior, context_codes: Tensor, context_frames: Tensor,
                         step_actions: Tensor | None, *, steps: int, num_samples: int = 1, top_k: int = 0,
                         temperature: float = 1.0, generator: torch.Generator | None = None,
-                        use_cache: bool = True) -> Tensor:
+                        use_cache: bool = True, share_context: bool = True) -> Tensor:
     """Sample the codes of ``steps`` future latent steps.
 
     Args:
@@ -237,20 +237,23 @@ def sample_future_codes(prior: LatentPrior, context_codes: Tensor, context_frame
       code (the same logits up to float rounding, kept for the exactness test).
     * A shared context (every row equal, e.g. a planner's one context expanded over N candidates) is encoded
       once: the conditioning ResNet, the cross-attention keys / values and the context slots run for ONE row;
-      the keys / values are broadcast and the context cache copied to the ``B * S`` rows.
+      the cross-attention keys / values are broadcast, and the context slots' self-attention keys / values are
+      a prefix shared by the ``B * S`` rows (`KVCache.broadcast`; ``share_context=False`` copies them instead,
+      same codes).
     * More steps than ``future_frames / dt`` (HARP App. A.2, in latent steps): keep the context steps, feed the
       last ``F' - 1`` sampled steps as the window's first future steps and sample the next; repeat. The context
       part of the cache is reused; the ``F' - 1`` steps re-run in one parallel pass per extra step.
     """
     with torch.inference_mode():  # cheaper per op than no_grad: sampling runs many small ops per code
         out = _sample(prior, context_codes, context_frames, step_actions, steps=steps, num_samples=num_samples,
-                      top_k=top_k, temperature=temperature, generator=generator, use_cache=use_cache)
+                      top_k=top_k, temperature=temperature, generator=generator, use_cache=use_cache,
+                      share_context=share_context)
     return out.clone()  # a normal tensor again: inference tensors cannot be saved for backward or edited in place
 
 
 def _sample(prior: LatentPrior, context_codes: Tensor, context_frames: Tensor, step_actions: Tensor | None, *,
             steps: int, num_samples: int, top_k: int, temperature: float, generator: torch.Generator | None,
-            use_cache: bool) -> Tensor:
+            use_cache: bool, share_context: bool = True) -> Tensor:
     cfg = prior.config
     b, tc, n, lf, g = context_codes.shape[0], cfg.context_steps, prior.codes_per_step, cfg.future_steps, cfg.grid
     s = num_samples
@@ -267,7 +270,7 @@ def _sample(prior: LatentPrior, context_codes: Tensor, context_frames: Tensor, s
         ctx_cache = prior.new_cache(max_len)
         ctx_content = prior.tok_emb(context_codes[:rows].flatten(1))  # [rows, Tc'*N, D]
         prior.run(prior.inputs(prior.shifted(ctx_content), 0), None, memory, cache=ctx_cache)
-        ctx_cache = ctx_cache.repeat_interleave(m // rows)
+        ctx_cache = ctx_cache.broadcast(m // rows) if share_context else ctx_cache.repeat_interleave(m // rows)
 
     future: list[Tensor] = []  # each [M, N]
     for k in range(steps):
@@ -279,7 +282,7 @@ def _sample(prior: LatentPrior, context_codes: Tensor, context_frames: Tensor, s
             # window keeps growing and the running cache / known codes are reused.
             known = torch.cat([ctx_tokens, *future[first:k]], dim=1)  # [M, wstep*N]
             if use_cache:
-                cache = ctx_cache.repeat_interleave(1)  # a copy: the context part stays clean for later slides
+                cache = ctx_cache.repeat_interleave(1)  # a copy (of the per-row part): the context stays clean
                 if k > first:
                     prev = prior.tok_emb(known[:, tc * n - 1:-1])  # codes before slots Tc'*N .. wstep*N - 1
                     prior.run(prior.inputs(prev, tc * n), prior.slot_conditions(window_cond, tc * n, prev.shape[1]),
