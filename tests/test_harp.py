@@ -293,6 +293,33 @@ def test_clip_dataset_fast_cache_matches_clip_by_clip():
     for i in range(len(ds)):
         for k in ("codes", "actions", "context", "task"):
             assert torch.equal(fast[i][k], slow[i][k]), k
+    # codes stored once per used frame (at most the 18 stored), not once per clip (len(ds) clips x 4 frames)
+    assert fast.frame_codes.shape[0] <= 18 < len(ds) * 4 and torch.equal(fast.codes, slow.codes)
+
+
+def test_fast_cache_reads_context_pixels_from_frames_on_disk(tmp_path):
+    from foresight.data.clips import ClipDataset
+    from foresight.data.frame_store import DiskFrames
+
+    torch.manual_seed(0)
+    model = Harp(tiny_config()).eval()
+    clips = moving_square_clips(2, 9)
+    episodes = [{"frames": (clips["frames"][i].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
+                 "actions": clips["actions"][i].numpy(), "task": f"task{i}"} for i in range(2)]
+    from foresight.data.episodes import EpisodeDataset, EpisodeWriter
+
+    writer = EpisodeWriter(tmp_path / "store")
+    for i, ep in enumerate(episodes):
+        writer.write({"frames": ep["frames"], "actions": ep["actions"]}, task=ep["task"], variation=i, split="train")
+    kw = dict(context=1, future=3, window_step=2, with_states=False)
+    ram = ClipDataset(EpisodeDataset(tmp_path / "store"), **kw)
+    disk = ClipDataset(EpisodeDataset(tmp_path / "store"), frames_dir=tmp_path / "frames", **kw)
+    assert isinstance(disk.frames, DiskFrames) and model._is_plain_clip_dataset(disk)
+    a, b = model.stage_dataset(ram, "transformer"), model.stage_dataset(disk, "transformer")
+    assert b.frames is disk.frames  # the context pixels stay in the file
+    for i in range(len(ram)):
+        for k in ("codes", "actions", "context", "task"):
+            assert torch.equal(a[i][k], b[i][k]), k
 
 
 def test_attention_dropout_is_configured_separately():

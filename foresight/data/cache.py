@@ -1,5 +1,7 @@
 """Stage datasets computed once from clip datasets: what a frozen part of a model (a tokenizer, a VQ-VAE) makes of
-every clip, kept in memory and served in place of the clips while the next stage trains.
+every clip, kept in memory (codes are small) and served in place of the clips while the next stage trains;
+`FrameIndexedCodes` keeps codes once per frame and reads context pixels from the clip dataset's frames (on disk
+when the dataset is).
 
 `gather_clips` reads a batch of clips un-augmented; `encode_clips` runs a model's encoder over a whole clip
 dataset in order and keeps, beside its outputs, the clips' actions and task ids; `CachedCodes` serves discrete
@@ -16,7 +18,7 @@ from torch import Tensor
 
 from foresight.world_model import as_float_frames
 
-__all__ = ["CachedCodes", "gather_clips", "encode_clips", "code_dtype"]
+__all__ = ["CachedCodes", "FrameIndexedCodes", "gather_clips", "encode_clips", "code_dtype"]
 
 
 class CachedCodes(torch.utils.data.Dataset):
@@ -36,6 +38,44 @@ class CachedCodes(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         item = {"codes": self.codes[i].long()}
         item.update({k: v[i] for k, v in self.extras.items()})
+        return item
+
+
+class FrameIndexedCodes(CachedCodes):
+    """`CachedCodes` stored once per frame rather than once per clip.
+
+    ``frame_codes`` [U, h, w]: the codes of every stored frame that some clip uses; ``clip_frames`` [clips, T]:
+    each clip's frames as rows of ``frame_codes``. Overlapping clips (a window every ``window_step`` frames) share
+    most frames, so this holds T / window_step times fewer codes than one array per clip. The context pixels
+    (``context`` items, for HARP's ResNet features) are read on demand from ``frames`` (the clip dataset's frame
+    array, or its `foresight.data.frame_store.DiskFrames` on disk) at ``context_index`` [clips, C], not copied per
+    clip: a dataset larger than memory stays on disk. Items equal those of `CachedCodes` built clip by clip.
+    """
+
+    def __init__(self, frame_codes: Tensor, clip_frames: Tensor, extras: dict[str, Tensor], *,
+                 frames: Any = None, context_index: np.ndarray | None = None):
+        if (frames is None) != (context_index is None):
+            raise ValueError("FrameIndexedCodes: pass both frames and context_index, or neither")
+        self.frame_codes, self.clip_frames, self.extras = frame_codes, clip_frames, extras
+        self.frames, self.context_index = frames, context_index
+        self._chw = frames is None or frames.shape[1] == 3  # stored [N, 3, H, W] or [N, H, W, 3]
+
+    @property
+    def codes(self) -> Tensor:
+        """Codes of every clip [clips, T, h, w] (materialised: for inspection, not for training loops)."""
+        return self.frame_codes[self.clip_frames]
+
+    def __len__(self) -> int:
+        return self.clip_frames.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        item = {"codes": self.frame_codes[self.clip_frames[i]].long()}
+        item.update({k: v[i] for k, v in self.extras.items()})
+        if self.frames is not None:
+            context = np.asarray(self.frames[self.context_index[i]])  # [C, 3, H, W] or [C, H, W, 3] uint8
+            if not self._chw:
+                context = np.moveaxis(context, -1, -3)
+            item["context"] = torch.from_numpy(np.ascontiguousarray(context))
         return item
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from foresight.data.cache import CachedCodes
+from foresight.data.cache import CachedCodes, FrameIndexedCodes
 from foresight.models.harp.config import HarpConfig
 from foresight.models.harp.sampling import sample_codes
 from foresight.models.harp.tokenizer import VQGAN
@@ -153,8 +153,10 @@ class Harp(WorldModel):
 
     @staticmethod
     def _is_plain_clip_dataset(dataset: Any) -> bool:
+        from foresight.data.frame_store import DiskFrames
+
         frames = getattr(dataset, "frames", None)
-        return (isinstance(frames, np.ndarray) and frames.ndim == 4 and 3 in (frames.shape[1], frames.shape[-1])
+        return (isinstance(frames, (np.ndarray, DiskFrames)) and frames.ndim == 4 and 3 in (frames.shape[1], frames.shape[-1])
                 and all(hasattr(dataset, a) for a in ("starts", "stride", "clip_length", "get_batch"))
                 and getattr(dataset, "augment_shift", 1) == 0)
 
@@ -177,7 +179,7 @@ class Harp(WorldModel):
                 codes.append(self.encode(as_float_frames(chunk).to(self.device)).cpu())
             dtype = torch.int16 if self.config.codebook_size <= 32767 else torch.int32
             per_frame = torch.cat(codes).to(dtype)  # [U, h, w]
-            clip_codes = per_frame[torch.from_numpy(np.searchsorted(used, fidx))]  # [clips, T, h, w]
+            clip_rows = torch.from_numpy(np.searchsorted(used, fidx))  # [clips, T] rows of per_frame
             extras: dict[str, list[Tensor]] = {"actions": [], "task": []}
             for i in range(0, len(fidx), 1024):
                 batch = dataset.get_batch(np.arange(i, min(i + 1024, len(fidx))), augment=False)
@@ -185,11 +187,12 @@ class Harp(WorldModel):
                 if "task" in batch:
                     extras["task"].append(batch["task"])
             out = {k: torch.cat(v) for k, v in extras.items() if v}
-            if self.config.context_resnet:
-                out["context"] = to_chw(dataset.frames[fidx[:, :self.context_frames]])  # [clips, C, 3, H, W] uint8
         finally:
             self.train(was_training)
-        return CachedCodes(clip_codes, out)
+        if self.config.context_resnet:  # context pixels read from the dataset's frames per item, not copied
+            return FrameIndexedCodes(per_frame, clip_rows, out, frames=dataset.frames,
+                                     context_index=fidx[:, :self.context_frames])
+        return FrameIndexedCodes(per_frame, clip_rows, out)
 
     # ------------------------------------------------------------------ prediction
     def _sample(self, context_frames: Tensor, actions: Tensor | None, num_samples: int,
