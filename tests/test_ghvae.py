@@ -409,3 +409,40 @@ def test_frame_cache_reads_either_frame_layout(clips, channels_last):
     batch = cached.get_batch([1, 2])
     expected = model.encode(batch["frames"].flatten(0, 1), 1)[0]
     torch.testing.assert_close(batch["h1"].flatten(0, 1), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cache_dtype", ["bfloat16", "float32"])
+def test_features_of_frames_on_disk_go_to_disk_and_equal_the_memory_cache(tmp_path, cache_dtype):
+    from foresight.data.episodes import EpisodeDataset, EpisodeWriter
+    from foresight.data.frame_store import DiskFrames
+    from foresight.models.ghvae.cache import DiskFeatures
+
+    rng = np.random.default_rng(0)
+    writer = EpisodeWriter(tmp_path / "store")
+    for e in range(3):
+        writer.write({"frames": rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8),
+                      "actions": rng.uniform(-1, 1, (8, 4)).astype(np.float32)}, task="t", variation=e, split="train")
+    kw = dict(context=2, future=3, augment_shift=0)
+    ram = ClipDataset(EpisodeDataset(tmp_path / "store"), **kw)
+    disk = ClipDataset(EpisodeDataset(tmp_path / "store"), frames_dir=tmp_path / "frames", **kw)
+    assert isinstance(disk.frames, DiskFrames)
+    model = make_model(cache_dtype=cache_dtype, num_modules=3).set_stage("module3")
+    mem, ondisk = model.stage_dataset(ram, "module3"), model.stage_dataset(disk, "module3")
+    assert all(isinstance(v, DiskFeatures) for v in ondisk.features.values())
+    assert all(isinstance(v, torch.Tensor) for v in mem.features.values())
+    assert ondisk.nbytes() == mem.nbytes() > 0
+    idx = np.array([4, 0, 7, 7, 2])
+    a, b = mem.get_batch(idx, augment=False), ondisk.get_batch(idx, augment=False)
+    for key in ("frames", "actions", "h1", "h2"):
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    files = sorted((tmp_path / "frames" / "ghvae_features").glob("*.bin"))
+    assert len(files) == 2 and all(f.stat().st_size > 0 for f in files)
+    # the same frozen encoders reuse the files; changed encoders get new ones
+    stamp = [f.stat().st_mtime_ns for f in files]
+    model.stage_dataset(disk, "module3")
+    assert [f.stat().st_mtime_ns for f in files] == stamp
+    with torch.no_grad():
+        next(model.stack[0].encoder.parameters()).add_(0.5)
+    changed = model.stage_dataset(disk, "module3")
+    assert len(list((tmp_path / "frames" / "ghvae_features").glob("*.bin"))) == 4
+    assert not torch.equal(changed.get_batch(idx, augment=False)["h1"], b["h1"])

@@ -34,13 +34,14 @@ _MAX_RUN = 512  # frames per read: bounds the bytes of one pread for long runs o
 
 
 class DiskFrames:
-    """Read-only uint8 frames ``[N, *frame_shape]`` in a raw file, indexed like a numpy array."""
+    """Read-only frames ``[N, *frame_shape]`` (uint8 unless ``dtype`` says otherwise) in a raw file, indexed like a
+    numpy array."""
 
-    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...]):
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype: Any = np.uint8):
         self.path = Path(path)
         self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(np.uint8)
-        self._frame_bytes = int(np.prod(self.shape[1:]))
+        self.dtype = np.dtype(dtype)
+        self._frame_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         expected = self.shape[0] * self._frame_bytes
         size = self.path.stat().st_size
         if size != expected:
@@ -90,14 +91,14 @@ class DiskFrames:
         flat = np.where(flat < 0, flat + self.shape[0], flat)
         if flat.size and (flat.min() < 0 or flat.max() >= self.shape[0]):
             raise IndexError(f"frame index out of range for {self.shape[0]} frames")
-        out = np.empty((flat.size, *self.shape[1:]), dtype=np.uint8)
+        out = np.empty((flat.size, *self.shape[1:]), dtype=self.dtype)
         if flat.size:
             order = np.argsort(flat, kind="stable")
             sorted_idx = flat[order]
             unique, first = np.unique(sorted_idx, return_index=True)
             # runs of consecutive frame numbers: one read each
             breaks = np.flatnonzero(np.diff(unique) != 1) + 1
-            data = np.empty((unique.size, *self.shape[1:]), dtype=np.uint8)
+            data = np.empty((unique.size, *self.shape[1:]), dtype=self.dtype)
             for run in np.split(np.arange(unique.size), breaks):
                 for lo in range(0, run.size, _MAX_RUN):
                     part = run[lo:lo + _MAX_RUN]
@@ -116,7 +117,7 @@ class DiskFrames:
             if n <= 0:
                 raise OSError(f"frame file {self.path}: short read at frame {start}")
             done += n
-        return np.frombuffer(buf, dtype=np.uint8).reshape(count, *self.shape[1:])
+        return np.frombuffer(buf, dtype=self.dtype).reshape(count, *self.shape[1:])
 
 
 def episodes_key(records: Iterable[Any], extra: dict[str, Any] | None = None) -> str:

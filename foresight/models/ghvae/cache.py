@@ -8,13 +8,17 @@ under the keys ``"h1" .. "h{k-1}"`` (``[T, C^j, H^j, W^j]`` per clip, ``[B, T, .
 Storage is per *frame*: ``features[name]`` is ``[M, C, H, W]`` and ``index [num_clips, T]`` says which rows make
 up each clip. For a `ClipDataset` (overlapping windows over one frame array) each distinct frame is encoded and
 stored once, which is ``T / window_step`` times smaller than a per-clip cache; for any other dataset every clip
-gets its own T rows. The cache lives in memory (``cache_dtype`` float16 halves it). Clips are served without
+gets its own T rows. The cache lives in memory (``cache_dtype`` float16 halves it), unless the clip dataset's
+frames are on disk (`ClipDataset(frames_dir=...)`, a `DiskFrames`): then the features go to raw files beside the
+frame file (`DiskFeatures`, keyed by the frozen encoders' weights and the frames used, reused while both are
+unchanged), so a dataset larger than memory trains with features larger than memory. Clips are served without
 augmentation, because the features were computed on un-augmented frames.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +26,40 @@ from torch import Tensor
 
 from foresight.data.cache import gather_clips  # noqa: F401  (re-exported: GHVAE caches through it)
 
-__all__ = ["FeatureCacheDataset", "gather_clips", "clip_frame_index"]
+__all__ = ["FeatureCacheDataset", "DiskFeatures", "gather_clips", "clip_frame_index"]
+
+_BITS = {torch.float16: np.int16, torch.bfloat16: np.int16, torch.float32: np.float32}  # how a dtype is stored
+
+
+class DiskFeatures:
+    """Per-frame features ``[M, C, H, W]`` in a raw file, served by rows like the in-memory tensor.
+
+    16-bit floats are stored as their bits (numpy has no bfloat16) and viewed back on reading. Reads go through
+    `foresight.data.frame_store.DiskFrames` (``os.pread`` of the rows asked for; nothing memory-mapped).
+    """
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype: torch.dtype):
+        from foresight.data.frame_store import DiskFrames
+
+        self.dtype = dtype
+        self.file = DiskFrames(path, shape, dtype=_BITS[dtype])
+        self.shape = torch.Size(shape)
+
+    def __getitem__(self, rows: Tensor) -> Tensor:
+        out = torch.from_numpy(self.file[np.asarray(rows, dtype=np.int64)])
+        return out.view(self.dtype) if out.dtype != self.dtype else out
+
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+    def element_size(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    @staticmethod
+    def bits(chunk: Tensor, dtype: torch.dtype) -> bytes:
+        """The bytes a chunk ``[n, ...]`` of features is stored as."""
+        chunk = chunk.to("cpu", dtype).contiguous()
+        return (chunk.view(torch.int16) if _BITS[dtype] is np.int16 else chunk).numpy().tobytes()
 
 
 def clip_frame_index(dataset: Any) -> tuple[np.ndarray, np.ndarray] | None:

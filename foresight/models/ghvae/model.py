@@ -57,7 +57,9 @@ from foresight.nn.distributions import gaussian_kl
 from foresight.registry import register_model
 from foresight.world_model import WorldModel
 
-from .cache import FeatureCacheDataset, clip_frame_index, gather_clips
+from foresight.data.frame_store import DiskFrames
+
+from .cache import DiskFeatures, FeatureCacheDataset, clip_frame_index, gather_clips
 from .config import GHVAEConfig, module_shapes
 from .modules import GHVAEModule
 
@@ -318,18 +320,14 @@ class GHVAE(WorldModel):
         dtype = _DTYPES[self.config.cache_dtype]
         chunks: dict[str, list[Tensor]] = {f"h{j}": [] for j in range(1, levels + 1)}
         shared = clip_frame_index(dataset)
+        if shared is not None and isinstance(getattr(dataset, "frames", None), DiskFrames):
+            return self._cache_features_on_disk(dataset, levels, shared, dtype, batch_size)
         was_training = self.training
         self.eval()
         try:
             if shared is not None:  # a ClipDataset: encode each distinct frame once
                 used, index = shared
-                source = dataset.frames  # [N, 3, H, W] or [N, H, W, 3], uint8 (or float in [0, 1])
-                channels_last = source.shape[-1] == 3 and source.shape[1] != 3
-                for start in tqdm(range(0, len(used), batch_size), desc=f"ghvae cache h1..h{levels}", leave=False):
-                    raw = torch.as_tensor(np.asarray(source[used[start:start + batch_size]]))
-                    raw = raw.permute(0, 3, 1, 2) if channels_last else raw  # [n, 3, H, W]
-                    frames = raw.to(self.device, torch.float32)
-                    frames = frames / 255.0 if raw.dtype == torch.uint8 else frames
+                for frames in self._distinct_frames(dataset.frames, used, batch_size, levels):
                     for j, h in enumerate(self.encode(frames, levels), start=1):
                         chunks[f"h{j}"].append(h.to("cpu", dtype))
             else:  # any clip dataset: every clip gets its own T rows
@@ -345,6 +343,58 @@ class GHVAE(WorldModel):
         finally:
             self.train(was_training)
         features = {name: torch.cat(parts) for name, parts in chunks.items()}
+        return FeatureCacheDataset(dataset, features, torch.as_tensor(index))
+
+    def _distinct_frames(self, source: Any, used: np.ndarray, batch_size: int, levels: int):
+        """Batches ``[n, 3, H, W]`` float in [0, 1] on the model's device of the stored frames ``used``."""
+        channels_last = source.shape[-1] == 3 and source.shape[1] != 3  # [N, H, W, 3] or [N, 3, H, W]
+        for start in tqdm(range(0, len(used), batch_size), desc=f"ghvae cache h1..h{levels}", leave=False):
+            raw = torch.as_tensor(np.asarray(source[used[start:start + batch_size]]))
+            raw = raw.permute(0, 3, 1, 2) if channels_last else raw
+            frames = raw.to(self.device, torch.float32)
+            yield frames / 255.0 if raw.dtype == torch.uint8 else frames
+
+    def _cache_features_on_disk(self, dataset: Any, levels: int, shared: tuple[np.ndarray, np.ndarray],
+                                dtype: torch.dtype, batch_size: int) -> FeatureCacheDataset:
+        """`cache_features` for frames on disk: h^1..h^levels go to raw files beside the frame file, named by a
+        key over the frozen encoders' weights, the frames used and the dtype (an unchanged key reuses them)."""
+        import contextlib
+        import hashlib
+        import json
+
+        from foresight.checkpoint import atomic_path, atomic_write_text
+
+        used, index = shared
+        digest = hashlib.sha256(f"{dataset.frames.path.name}|{self.config.cache_dtype}|{levels}".encode())
+        digest.update(np.ascontiguousarray(used).tobytes())
+        for module in self.stack[:levels]:
+            for p in module.encoder.state_dict().values():
+                digest.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        key = digest.hexdigest()[:20]
+        folder = dataset.frames.path.parent / "ghvae_features"
+        names = [f"h{j}" for j in range(1, levels + 1)]
+        paths = {n: folder / f"{n}_{key}.bin" for n in names}
+        sidecar = folder / f"features_{key}.json"
+        shapes: dict[str, list[int]] = {}
+        if sidecar.is_file() and all(p.is_file() for p in paths.values()):
+            shapes = json.loads(sidecar.read_text()).get("shapes", {})
+        if set(shapes) != set(names):
+            was_training = self.training
+            self.eval()
+            try:
+                with contextlib.ExitStack() as stack:
+                    files = {n: stack.enter_context(open(stack.enter_context(atomic_path(paths[n])), "wb"))
+                             for n in names}
+                    shapes = {n: [0] for n in names}
+                    with torch.no_grad():
+                        for frames in self._distinct_frames(dataset.frames, used, batch_size, levels):
+                            for n, h in zip(names, self.encode(frames, levels)):
+                                files[n].write(DiskFeatures.bits(h, dtype))
+                                shapes[n] = [shapes[n][0] + h.shape[0], *h.shape[1:]]
+            finally:
+                self.train(was_training)
+            atomic_write_text(sidecar, json.dumps({"key": key, "shapes": shapes}))
+        features = {n: DiskFeatures(paths[n], tuple(shapes[n]), dtype) for n in names}
         return FeatureCacheDataset(dataset, features, torch.as_tensor(index))
 
     def stage_dataset(self, dataset: Any, stage: str | None = None) -> Any:
