@@ -18,7 +18,8 @@ from torch import Tensor
 
 from foresight.world_model import as_float_frames
 
-__all__ = ["CachedCodes", "FrameIndexedCodes", "gather_clips", "encode_clips", "code_dtype"]
+__all__ = ["CachedCodes", "FrameIndexedCodes", "gather_clips", "encode_clips", "code_dtype", "clip_frame_index",
+           "distinct_frame_batches"]
 
 
 class CachedCodes(torch.utils.data.Dataset):
@@ -123,3 +124,32 @@ def encode_clips(dataset: Any, encode: Callable[[Tensor, dict[str, Any]], dict[s
         for key, value in out.items():
             parts.setdefault(key, []).append(value.detach().cpu())
     return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def clip_frame_index(dataset: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """For a dataset of windows over one frame array (a `ClipDataset`: ``frames [N, H, W, 3]``, ``starts``,
+    ``stride``, ``clip_length``): (distinct frame ids used ``[M]``, per-clip rows into them ``[num_clips, T]``).
+    None for other datasets."""
+    starts = getattr(dataset, "starts", None)
+    frames = getattr(dataset, "frames", None)
+    if starts is None or frames is None or not hasattr(dataset, "clip_length"):
+        return None
+    stride = int(getattr(dataset, "stride", 1))
+    fidx = np.asarray(starts, np.int64)[:, None] + np.arange(dataset.clip_length, dtype=np.int64)[None] * stride
+    used, rows = np.unique(fidx, return_inverse=True)
+    return used, rows.reshape(fidx.shape)
+
+
+def distinct_frame_batches(frames: Any, used: np.ndarray, *, batch_size: int, device: Any = "cpu",
+                           desc: str = "caching frames"):
+    """Batches ``[n, 3, H, W]`` float in [0, 1] on ``device`` of the stored frames ``used`` (in order), from a
+    frame array ``[N, 3, H, W]`` or ``[N, H, W, 3]`` (uint8, or float in [0, 1]) or a `DiskFrames`: what a
+    model's frozen encoder needs to encode every distinct frame of a `ClipDataset` once."""
+    from tqdm.auto import tqdm
+
+    channels_last = frames.shape[-1] == 3 and frames.shape[1] != 3
+    for start in tqdm(range(0, len(used), batch_size), desc=desc, leave=False):
+        raw = torch.as_tensor(np.asarray(frames[used[start:start + batch_size]]))
+        raw = raw.permute(0, 3, 1, 2) if channels_last else raw
+        batch = raw.to(device, torch.float32)
+        yield batch / 255.0 if raw.dtype == torch.uint8 else batch

@@ -18,13 +18,13 @@ augmentation, because the features were computed on un-augmented frames.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from foresight.data.cache import gather_clips  # noqa: F401  (re-exported: GHVAE caches through it)
+from foresight.data.cache import clip_frame_index, gather_clips  # noqa: F401  (re-exported)
 
 __all__ = ["FeatureCacheDataset", "DiskFeatures", "gather_clips", "clip_frame_index"]
 
@@ -60,20 +60,6 @@ class DiskFeatures:
         """The bytes a chunk ``[n, ...]`` of features is stored as."""
         chunk = chunk.to("cpu", dtype).contiguous()
         return (chunk.view(torch.int16) if _BITS[dtype] is np.int16 else chunk).numpy().tobytes()
-
-
-def clip_frame_index(dataset: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """For a dataset of windows over one frame array (a `ClipDataset`: ``frames [N, H, W, 3]``, ``starts``,
-    ``stride``, ``clip_length``): (distinct frame ids used ``[M]``, per-clip rows into them ``[num_clips, T]``).
-    None for other datasets."""
-    starts = getattr(dataset, "starts", None)
-    frames = getattr(dataset, "frames", None)
-    if starts is None or frames is None or not hasattr(dataset, "clip_length"):
-        return None
-    stride = int(getattr(dataset, "stride", 1))
-    fidx = np.asarray(starts, np.int64)[:, None] + np.arange(dataset.clip_length, dtype=np.int64)[None] * stride
-    used, rows = np.unique(fidx, return_inverse=True)
-    return used, rows.reshape(fidx.shape)
 
 
 class FeatureCacheDataset(torch.utils.data.Dataset):

@@ -57,6 +57,7 @@ from foresight.nn.distributions import gaussian_kl
 from foresight.registry import register_model
 from foresight.world_model import WorldModel
 
+from foresight.data.cache import distinct_frame_batches
 from foresight.data.frame_store import DiskFrames
 
 from .cache import DiskFeatures, FeatureCacheDataset, clip_frame_index, gather_clips
@@ -327,7 +328,8 @@ class GHVAE(WorldModel):
         try:
             if shared is not None:  # a ClipDataset: encode each distinct frame once
                 used, index = shared
-                for frames in self._distinct_frames(dataset.frames, used, batch_size, levels):
+                for frames in distinct_frame_batches(dataset.frames, used, batch_size=batch_size, device=self.device,
+                                                    desc=f"ghvae cache h1..h{levels}"):
                     for j, h in enumerate(self.encode(frames, levels), start=1):
                         chunks[f"h{j}"].append(h.to("cpu", dtype))
             else:  # any clip dataset: every clip gets its own T rows
@@ -344,15 +346,6 @@ class GHVAE(WorldModel):
             self.train(was_training)
         features = {name: torch.cat(parts) for name, parts in chunks.items()}
         return FeatureCacheDataset(dataset, features, torch.as_tensor(index))
-
-    def _distinct_frames(self, source: Any, used: np.ndarray, batch_size: int, levels: int):
-        """Batches ``[n, 3, H, W]`` float in [0, 1] on the model's device of the stored frames ``used``."""
-        channels_last = source.shape[-1] == 3 and source.shape[1] != 3  # [N, H, W, 3] or [N, 3, H, W]
-        for start in tqdm(range(0, len(used), batch_size), desc=f"ghvae cache h1..h{levels}", leave=False):
-            raw = torch.as_tensor(np.asarray(source[used[start:start + batch_size]]))
-            raw = raw.permute(0, 3, 1, 2) if channels_last else raw
-            frames = raw.to(self.device, torch.float32)
-            yield frames / 255.0 if raw.dtype == torch.uint8 else frames
 
     def _cache_features_on_disk(self, dataset: Any, levels: int, shared: tuple[np.ndarray, np.ndarray],
                                 dtype: torch.dtype, batch_size: int) -> FeatureCacheDataset:
@@ -387,7 +380,8 @@ class GHVAE(WorldModel):
                              for n in names}
                     shapes = {n: [0] for n in names}
                     with torch.no_grad():
-                        for frames in self._distinct_frames(dataset.frames, used, batch_size, levels):
+                        for frames in distinct_frame_batches(dataset.frames, used, batch_size=batch_size, device=self.device,
+                                                    desc=f"ghvae cache h1..h{levels}"):
                             for n, h in zip(names, self.encode(frames, levels)):
                                 files[n].write(DiskFeatures.bits(h, dtype))
                                 shapes[n] = [shapes[n][0] + h.shape[0], *h.shape[1:]]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from foresight.data.cache import CachedCodes, FrameIndexedCodes
+from foresight.data.cache import CachedCodes, FrameIndexedCodes, clip_frame_index, distinct_frame_batches
 from foresight.models.harp.config import HarpConfig
 from foresight.models.harp.sampling import sample_codes
 from foresight.models.harp.tokenizer import VQGAN
@@ -162,27 +162,16 @@ class Harp(WorldModel):
 
     @torch.no_grad()
     def _cache_clip_frames(self, dataset: Any, *, batch_size: int) -> CachedCodes:
-        from tqdm.auto import tqdm
-
         was_training = self.training
         self.eval()
         try:
-            # stored frames uint8 [N, 3, H, W] (or [N, H, W, 3]): bring a gather to [..., 3, H, W]
-            chw = dataset.frames.shape[1] == 3
-            to_chw = (lambda a: torch.from_numpy(np.ascontiguousarray(a))) if chw else (
-                lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, -3))))
-            fidx = dataset.starts[:, None] + np.arange(dataset.clip_length)[None] * dataset.stride  # [clips, T]
-            used = np.unique(fidx)
-            codes = []
-            for i in tqdm(range(0, len(used), batch_size), desc="HARP: caching frame codes", leave=False):
-                chunk = to_chw(dataset.frames[used[i:i + batch_size]])  # [b, 3, H, W] uint8
-                codes.append(self.encode(as_float_frames(chunk).to(self.device)).cpu())
+            used, clip_rows = clip_frame_index(dataset)  # distinct frames [U], each clip's rows [clips, T]
             dtype = torch.int16 if self.config.codebook_size <= 32767 else torch.int32
-            per_frame = torch.cat(codes).to(dtype)  # [U, h, w]
-            clip_rows = torch.from_numpy(np.searchsorted(used, fidx))  # [clips, T] rows of per_frame
+            per_frame = torch.cat([self.encode(frames).cpu().to(dtype) for frames in distinct_frame_batches(
+                dataset.frames, used, batch_size=batch_size, device=self.device, desc="HARP: caching frame codes")])
             extras: dict[str, list[Tensor]] = {"actions": [], "task": []}
-            for i in range(0, len(fidx), 1024):
-                batch = dataset.get_batch(np.arange(i, min(i + 1024, len(fidx))), augment=False)
+            for i in range(0, len(clip_rows), 1024):
+                batch = dataset.get_batch(np.arange(i, min(i + 1024, len(clip_rows))), augment=False)
                 extras["actions"].append(batch["actions"].float())
                 if "task" in batch:
                     extras["task"].append(batch["task"])
@@ -190,9 +179,9 @@ class Harp(WorldModel):
         finally:
             self.train(was_training)
         if self.config.context_resnet:  # context pixels read from the dataset's frames per item, not copied
-            return FrameIndexedCodes(per_frame, clip_rows, out, frames=dataset.frames,
-                                     context_index=fidx[:, :self.context_frames])
-        return FrameIndexedCodes(per_frame, clip_rows, out)
+            return FrameIndexedCodes(per_frame, torch.from_numpy(clip_rows), out, frames=dataset.frames,
+                                     context_index=used[clip_rows[:, :self.context_frames]])
+        return FrameIndexedCodes(per_frame, torch.from_numpy(clip_rows), out)
 
     # ------------------------------------------------------------------ prediction
     def _sample(self, context_frames: Tensor, actions: Tensor | None, num_samples: int,
