@@ -4,7 +4,8 @@
         ... runs/planning_benchmark/ghvae/eval_info.json --names random,...,GHVAE
     python experiments/planning_table.py runs/planning_benchmark/*/eval_info.json --control
 
-The eval_info.json files come first (or as ``--files A B ...`` / ``files=A,B``).
+The eval_info.json files come first (or as ``--files A B ...`` / ``files=A,B``). ``A+B`` makes one row of runs of
+the same agent and settings over different episodes (a benchmark run in parts); other settings must agree.
 
 Per task: success rate with its 95 % Wilson interval (successes / episodes); then the mean over tasks and the
 mean seconds per plan. With ``--control``, a second table: the control check's rank correlation and motion.
@@ -67,11 +68,40 @@ def split_files(argv: list[str]) -> list[str]:
     return (["--files", *files] if files else []) + rest
 
 
+# config keys that may differ between runs merged into one row: which episodes a run made, and how
+_PART_KEYS = ("tasks", "variations", "name", "workers", "threads", "out")
+
+
 def _load(path: str) -> dict:
-    info = read_json(path, what="eval_info.json (run experiments/plan_to_goal.py first)")
-    if not isinstance(info, dict) or "per_task" not in info.get("aggregated", {}):
-        raise UsageError(f"{path}: expected a Meta-World eval_info.json with aggregated.per_task")
-    return info
+    """One row's eval_info: a file, or ``A+B+...``: runs of the same agent and settings over different episodes
+    (e.g. a benchmark run in parts), merged and re-aggregated."""
+    parts = path.split("+")
+    infos = []
+    for part in parts:
+        info = read_json(part, what="eval_info.json (run experiments/plan_to_goal.py first)")
+        if not isinstance(info, dict) or "per_task" not in info.get("aggregated", {}):
+            raise UsageError(f"{part}: expected a Meta-World eval_info.json with aggregated.per_task")
+        infos.append(info)
+    if len(infos) == 1:
+        return infos[0]
+    from experiments.plan_to_goal import aggregate_metaworld
+
+    def settings(info: dict) -> dict:
+        return {k: v for k, v in info.get("config", {}).items() if k not in _PART_KEYS}
+
+    rows, seen = [], set()
+    for part, info in zip(parts, infos):
+        if settings(info) != settings(infos[0]):
+            diff = sorted(k for k in set(settings(info)) | set(settings(infos[0]))
+                          if settings(info).get(k) != settings(infos[0]).get(k))
+            raise UsageError(f"{part}: not the same agent and settings as {parts[0]} (differ: {', '.join(diff)})")
+        for row in info["per_episode"]:
+            key = (row["task"], row["variation"])
+            if key in seen:
+                raise UsageError(f"{part}: episode {key[0]} variation {key[1]} is also in an earlier file")
+            seen.add(key)
+            rows.append(row)
+    return {"config": infos[0].get("config", {}), "per_episode": rows, "aggregated": aggregate_metaworld(rows)}
 
 
 def success_table(infos: list[dict], names: list[str]) -> str:
@@ -123,7 +153,7 @@ def main(argv: list[str] | None = None) -> str:
     if not cfg.files:
         raise UsageError("expected one or more eval_info.json files (the leading arguments, or --files A B ...)")
     infos = [_load(f) for f in cfg.files]
-    names = list(cfg.names) if cfg.names else [Path(f).parent.name for f in cfg.files]
+    names = list(cfg.names) if cfg.names else [Path(f.split("+")[0]).parent.name for f in cfg.files]
     if len(names) != len(infos):
         raise UsageError(f"--names: expected {len(infos)} names, got {len(names)}")
     out = success_table(infos, names)

@@ -289,3 +289,29 @@ def test_init_with_model_overrides_keeps_the_weights_and_changes_the_setting(tmp
     run, model_config = twm.parse_args(argv)
     with pytest.raises(UsageError, match="shape"):
         twm.build_model(run, model_config, twm.model_overrides(argv))
+
+
+def test_planning_table_merges_runs_made_in_parts(tmp_path):
+    from experiments import planning_table as pt
+    from experiments.plan_to_goal import aggregate_metaworld
+
+    def run(name, rows, **config):
+        path = tmp_path / name / "eval_info.json"
+        path.parent.mkdir()
+        cfg = {"model": "simulator", "num_samples": 100, "tasks": sorted({r["task"] for r in rows}), "name": name,
+               **config}
+        path.write_text(json.dumps({"config": cfg, "per_episode": rows, "aggregated": aggregate_metaworld(rows)}))
+        return str(path)
+
+    row = lambda task, v, ok: {"task": task, "variation": v, "success": float(ok), "plan_seconds_mean": 1.0}  # noqa: E731
+    a = run("a", [row("reach-v3", 0, 1), row("reach-v3", 1, 1)])
+    b = run("b", [row("push-v3", 0, 0), row("push-v3", 1, 1)])
+    out = pt.main([f"{a}+{b}"])
+    line = out.splitlines()[2]
+    assert line.startswith("| a |") and "1.00 [0.34, 1.00] (2/2)" in line and "0.50 [0.09, 0.91] (1/2)" in line
+    assert "**0.75**" in line  # the mean over the two tasks of the merged row
+    with pytest.raises(UsageError, match="also in an earlier file"):
+        pt.main([f"{a}+{a}"])
+    other = run("c", [row("push-v3", 2, 0)], num_samples=200)
+    with pytest.raises(UsageError, match="differ: num_samples"):
+        pt.main([f"{a}+{other}"])
