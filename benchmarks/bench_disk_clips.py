@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.common import UsageError, cli_main
+from experiments.common import UsageError, cli_main, write_results
 from foresight.config import build_config
 
 FRAME_BYTES = 64 * 64 * 3
@@ -168,12 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         if not cfg.keep:
             shutil.rmtree(work, ignore_errors=True)
-    if cfg.out:
-        from foresight.checkpoint import atomic_write_json
-
-        atomic_write_json(cfg.out, results)
-        print(f"wrote {cfg.out}")
-    return results
+    return write_results(cfg.out, results)
 
 
 if __name__ == "__main__":

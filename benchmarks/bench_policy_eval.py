@@ -29,7 +29,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from experiments.common import cli_main
+from experiments.common import cli_main, write_results
 from foresight.config import build_config
 
 METHODS = ("harp", "cnn_lstm", "cnn_transformer")
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = build_config(BenchPolicyEvalConfig, sys.argv[1:] if argv is None else argv)
     import torch
 
-    from foresight.checkpoint import atomic_write_json
-
+    
     torch.set_num_threads(1)
     batches = list(cfg.batches)
     rows = []
@@ -115,10 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"command": "python benchmarks/bench_policy_eval.py " + " ".join(argv or sys.argv[1:]),
                "date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": platform.processor() or platform.machine(),
                "cpu_count": os.cpu_count(), "torch_threads": 1, "load_average": list(os.getloadavg()), "rows": rows}
-    if cfg.out:
-        atomic_write_json(cfg.out, results)
-        print(f"wrote {cfg.out}")
-    return results
+    return write_results(cfg.out, results)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import torch
 
-from experiments.common import UsageError, cli_main
+from experiments.common import UsageError, cli_main, write_results
 from foresight.config import build_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling gpu_check, also when imported from tests
@@ -203,12 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{100 * row['share_of_matmul']:.0f}% of matmul ({ref['matmul_gflops']:.1f}), "
                   f"{100 * row['share_of_conv']:.0f}% of conv ({ref['conv_gflops']:.1f})", flush=True)
         results["runs"][str(t)] = run
-    if cfg.out:
-        from foresight.checkpoint import atomic_write_json
-
-        atomic_write_json(cfg.out, results)
-        print(f"wrote {cfg.out}")
-    return results
+    return write_results(cfg.out, results)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ if str(_ROOT) not in sys.path:
 import numpy as np
 import torch
 
-from experiments.common import cli_main
+from experiments.common import cli_main, write_results
 from foresight.config import build_config
 
 TASKS5 = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3", "door-open-v3", "push-v3")
@@ -64,8 +64,7 @@ class CostLandscapeConfig:
 def main(argv: list[str] | None = None) -> dict:
     cfg = build_config(CostLandscapeConfig, sys.argv[1:] if argv is None else argv)
     from agents.costs import LPIPSCost, PixelCost
-    from foresight.checkpoint import atomic_write_json
-
+    
     torch.set_num_threads(1)
     results: dict = {"tasks": {}, "command": "python benchmarks/cost_landscape.py " + " ".join(argv or sys.argv[1:])}
     lpips = None
@@ -87,10 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
             per_var.append(row)
             print(task, v, {k: r["max_rise"] for k, r in row.items() if isinstance(r, dict)})
         results["tasks"][task] = per_var
-    if cfg.out:
-        atomic_write_json(cfg.out, results)
-        print(f"wrote {cfg.out}")
-    return results
+    return write_results(cfg.out, results)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments.common import UsageError, cli_main
+from experiments.common import UsageError, cli_main, write_results
 from foresight.config import build_config
 
 
@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     from envs.metaworld import make_env
     from envs.sim_model import SimulatorWorldModel
     from experiments.plan_to_goal import _state_distance
-    from foresight.checkpoint import atomic_write_json
-
+    
     torch.set_num_threads(1)
     model = None
     if cfg.model:
@@ -126,10 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:{width}s}  " + " ".join(f"{v:+.2f}" for v in values))
     result = {"task": cfg.task, "variations": variations, "plans": cfg.plans, "model": cfg.model or None,
               "spearman_vs_state_distance": rho}
-    if cfg.out:
-        atomic_write_json(cfg.out, result)
-        print(f"wrote {cfg.out}")
-    return result
+    return write_results(cfg.out, result)
 
 
 if __name__ == "__main__":

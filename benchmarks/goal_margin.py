@@ -23,7 +23,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from experiments.common import UsageError, cli_main
+from experiments.common import UsageError, cli_main, write_results
 from foresight.config import build_config
 
 
@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = build_config(GoalMarginConfig, sys.argv[1:] if argv is None else argv)
     variations = parse_variations(cfg.variations)
     from envs.metaworld import make_env
-    from foresight.checkpoint import atomic_write_json
-
+    
     results: dict = {"command": "python benchmarks/goal_margin.py " + " ".join(argv or sys.argv[1:]), "tasks": {}}
     for task in cfg.tasks:
         env = make_env(task, image_size=16, variation_seed=variations[0], max_steps=500)
@@ -88,10 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
             vals = [r[key] for r in rows if r.get(key) is not None]
             summary[f"{key}_range"] = [min(vals), max(vals)] if vals else None
         results["tasks"][task] = summary
-    if cfg.out:
-        atomic_write_json(cfg.out, results)
-        print(f"wrote {cfg.out}")
-    return results
+    return write_results(cfg.out, results)
 
 
 if __name__ == "__main__":

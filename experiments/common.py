@@ -156,6 +156,16 @@ class UsageError(ValueError):
     """
 
 
+def write_results(path: str | os.PathLike, results: dict) -> dict:
+    """A benchmark's results as JSON at ``path``, written atomically (nothing when ``path`` is empty); returns them."""
+    if path:
+        from foresight.checkpoint import atomic_write_json
+
+        atomic_write_json(path, results)
+        print(f"wrote {path}")
+    return results
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that `cli_main` reports as a user's error (one line, exit 2) rather than as a crash."""
     from foresight.checkpoint import CheckpointError

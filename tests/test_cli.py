@@ -315,3 +315,13 @@ def test_planning_table_merges_runs_made_in_parts(tmp_path):
     other = run("c", [row("push-v3", 2, 0)], num_samples=200)
     with pytest.raises(UsageError, match="differ: num_samples"):
         pt.main([f"{a}+{other}"])
+
+
+def test_write_results_writes_json_only_when_asked(tmp_path, capsys):
+    from experiments.common import write_results
+
+    results = {"rows": [1, 2]}
+    assert write_results("", results) is results and not list(tmp_path.iterdir())
+    path = tmp_path / "sub" / "r.json"
+    assert write_results(str(path), results) is results
+    assert json.loads(path.read_text()) == results and f"wrote {path}" in capsys.readouterr().out
