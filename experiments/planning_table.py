@@ -89,11 +89,11 @@ def _load(path: str) -> dict:
     def settings(info: dict) -> dict:
         return {k: v for k, v in info.get("config", {}).items() if k not in _PART_KEYS}
 
-    rows, seen = [], set()
+    rows, seen, first = [], set(), settings(infos[0])
     for part, info in zip(parts, infos):
-        if settings(info) != settings(infos[0]):
-            diff = sorted(k for k in set(settings(info)) | set(settings(infos[0]))
-                          if settings(info).get(k) != settings(infos[0]).get(k))
+        mine = settings(info)
+        if mine != first:
+            diff = sorted(k for k in set(mine) | set(first) if mine.get(k) != first.get(k))
             raise UsageError(f"{part}: not the same agent and settings as {parts[0]} (differ: {', '.join(diff)})")
         for row in info["per_episode"]:
             key = (row["task"], row["variation"])
