@@ -37,8 +37,8 @@ from agents.costs import Cost, make_cost
 from agents.optimizers import Optimizer, PlanResult, TrajectoryPlanner
 from foresight.world_model import WorldModel
 
-__all__ = ["VisualMPC", "GripperHeuristic", "PlanRecord", "ScoredCandidate", "RandomActionAgent", "run_episode",
-           "image_to_tensor"]
+__all__ = ["VisualMPC", "GripperHeuristic", "PlanRecord", "ScoredCandidate", "RandomActionAgent", "SubgoalSchedule",
+           "run_episode", "image_to_tensor"]
 
 
 def image_to_tensor(image: Any, size: int | None = None) -> Tensor:
@@ -204,6 +204,28 @@ class VisualMPC:
         self.cost = self._build_cost(goal)
         if obs is not None:
             self.observe(obs)
+
+    def set_goal(self, goal_image: Any) -> None:
+        """Aim at another goal image within the episode: the context, step counter and warm start are kept, and
+        the next `act` replans toward the new goal (a `SubgoalSchedule` moving on to its next image)."""
+        if self.cost is None:
+            raise RuntimeError("call reset(goal_image) before set_goal()")
+        goal = image_to_tensor(goal_image, self.model.image_size)
+        self.goal_image = goal
+        self.cost = self._build_cost(goal)
+        if self.plan is not None:
+            self.plan_step = self.replan_every  # replan at the next act
+
+    @torch.no_grad()
+    def goal_distance(self, obs: Any) -> float:
+        """The planner's cost of the observed frame itself (one frame, no prediction) toward the current goal."""
+        if self.cost is None:
+            raise RuntimeError("call reset(goal_image) before goal_distance()")
+        frame = image_to_tensor(self._image(obs), self.model.image_size).to(self.model.device)
+        x = frame[None, None, None]  # [N=1, S=1, T=1, 3, H, W]
+        if self.cost.space == "embeddings":
+            x = self.model.embed(x)  # [1, 1, 1, D]
+        return float(self.cost(x)[0])
 
     def _build_cost(self, goal: Tensor) -> Cost:
         if callable(self.cost_spec) and not isinstance(self.cost_spec, str):
@@ -399,6 +421,59 @@ class VisualMPC:
         self.plan_step += 1
         self.t += 1
         return action.clamp(self.low, self.high).numpy().astype(np.float32)
+
+
+class SubgoalSchedule:
+    """Drive a `VisualMPC` through a sequence of goal images, the last one being the goal.
+
+    A greedy image cost has local minima on the way to a far goal (the arm must first move away from the pictured
+    pose, round an obstacle or bring an object along): an image of the way there gives the planner a nearer target.
+    Subgoal i is the agent's goal until the observed frame's cost toward it (`VisualMPC.goal_distance`, the cost
+    the planner minimises) has fallen to ``advance_fraction`` of what it was when subgoal i became the goal, or
+    until ``max_steps_each`` steps were spent on it; the final goal then stays. The agent keeps its warm start
+    across the switch.
+
+        schedule = SubgoalSchedule(agent, goal.subgoals, max_steps_each=25)
+        ep = run_episode(env, schedule, goal.image, max_steps=120)
+        schedule.switch_steps        # the step at which each subgoal was left
+    """
+
+    def __init__(self, agent: VisualMPC, subgoals: Any, *, max_steps_each: int, advance_fraction: float = 0.2):
+        if max_steps_each < 1:
+            raise ValueError(f"max_steps_each must be >= 1, got {max_steps_each}")
+        if not 0 <= advance_fraction < 1:
+            raise ValueError(f"advance_fraction must be in [0, 1), got {advance_fraction}")
+        self.agent = agent
+        self.subgoals = list(subgoals)
+        self.max_steps_each = int(max_steps_each)
+        self.advance_fraction = float(advance_fraction)
+        self.index = 0
+        self.switch_steps: list[int] = []
+
+    @property
+    def records(self) -> list[PlanRecord]:
+        return self.agent.records
+
+    def reset(self, goal_image: Any, obs: Any = None) -> None:
+        self.goals = [*self.subgoals, goal_image]
+        self.index, self.t, self.since, self.start_cost = 0, 0, 0, None
+        self.switch_steps = []
+        self.agent.reset(self.goals[0], obs)
+
+    def act(self, obs: Any) -> np.ndarray:
+        while self.index < len(self.goals) - 1:
+            d = self.agent.goal_distance(obs)
+            if self.start_cost is None:
+                self.start_cost = d
+            if d > self.advance_fraction * self.start_cost and self.since < self.max_steps_each:
+                break
+            self.index += 1
+            self.since, self.start_cost = 0, None
+            self.switch_steps.append(self.t)
+            self.agent.set_goal(self.goals[self.index])
+        self.t += 1
+        self.since += 1
+        return self.agent.act(obs)
 
 
 class RandomActionAgent:

@@ -14,6 +14,9 @@ the full simulator state for `set_sim_state`).
   ``info['obj_to_target']`` (reach: hand to target; object tasks: object to target), the earliest on ties. Where
   that distance does not vary over the successful frames (door-open reports 0), the goal is the middle frame of
   the first run of successful steps.
+* ``subgoals=K``: also K intermediate frames of the same expert run, evenly spaced in time between its start and
+  the goal frame (steps round(i * goal.step / (K + 1)), i = 1..K), for planners that follow a sequence of images
+  toward a far goal (`agents.mpc.SubgoalSchedule`). They show one way there (the expert's), not the only one.
 
     goal = make_goal("door-open-v3", variation_seed=9)       # goal.image uint8 [64, 64, 3]
     env = make_env("door-open-v3", variation_seed=9); obs, _ = env.reset()
@@ -33,7 +36,7 @@ import numpy as np
 
 from envs.metaworld import DEFAULT_CAMERA, CameraConfig, MetaWorldImageEnv, expert_policy, make_env
 
-__all__ = ["GoalImage", "make_goal", "goal_from_episode"]
+__all__ = ["GoalImage", "make_goal", "goal_from_episode", "subgoal_steps"]
 
 
 @dataclass
@@ -52,6 +55,9 @@ class GoalImage:
     sim_state: dict[str, Any] | None = None
     first_success: int | None = None
     success_distance: float | None = None
+    subgoals: list[np.ndarray] | None = None       # uint8 [H, W, 3] each, in the order to visit them
+    subgoal_steps: list[int] | None = None         # the expert step of each subgoal frame
+    subgoal_states: list[np.ndarray] | None = None  # their 39-d observation states
 
     def as_tensor(self):
         """The image as float32 [3, H, W] in [0, 1] (library convention)."""
@@ -62,15 +68,18 @@ class GoalImage:
 
 def make_goal(task_name: str, variation_seed: int, *, image_size: int = 64,
               camera: CameraConfig | str = DEFAULT_CAMERA, env: MetaWorldImageEnv | None = None,
-              max_steps: int = 500, settle_steps: int = 0) -> GoalImage:
+              max_steps: int = 500, settle_steps: int = 0, subgoals: int = 0) -> GoalImage:
     """Run the scripted expert in (task, variation) until success (and ``settle_steps`` on); return the goal.
 
     See the module docstring for which frame is the goal. Pass ``env`` to reuse an existing env of the same task
-    (its variation is changed and the env is left at the state where the expert stopped). Raises RuntimeError if
-    the expert does not succeed within ``max_steps``.
+    (its variation is changed and the env is left at the state where the expert stopped). ``subgoals``: how many
+    intermediate frames of the expert run to return with it (module docstring). Raises RuntimeError if the expert
+    does not succeed within ``max_steps``.
     """
     if settle_steps < 0:
         raise ValueError(f"settle_steps must be >= 0, got {settle_steps}")
+    if subgoals < 0:
+        raise ValueError(f"subgoals must be >= 0, got {subgoals}")
     own = env is None
     if env is None:
         env = make_env(task_name, image_size=image_size, camera=camera, variation_seed=variation_seed,
@@ -82,8 +91,11 @@ def make_goal(task_name: str, variation_seed: int, *, image_size: int = 64,
         policy = expert_policy(task_name)
         obs, _ = env.reset()
         first, candidates = None, []   # (step, distance, image, state, sim_state) of successful frames
+        path = [(obs["image"], obs["state"])]  # every frame of the run (index = step), for the subgoals
         for t in range(1, env.max_steps + 1):
             obs, _, _, truncated, info = env.step(policy(obs["state"]))
+            if subgoals:
+                path.append((obs["image"], obs["state"]))
             if info["success"]:
                 first = t if first is None else first
                 dist = info.get("obj_to_target")
@@ -95,11 +107,24 @@ def make_goal(task_name: str, variation_seed: int, *, image_size: int = 64,
             raise RuntimeError(f"scripted expert did not solve {task_name} variation {variation_seed} "
                                f"within {env.max_steps} steps: no goal image")
         t, dist, image, state, sim_state = candidates[_settled_index(candidates)]
-        return GoalImage(task=task_name, variation_seed=int(variation_seed), image=image, state=state, step=t,
+        goal = GoalImage(task=task_name, variation_seed=int(variation_seed), image=image, state=state, step=t,
                          sim_state=sim_state, first_success=first, success_distance=dist)
+        if subgoals:
+            steps = subgoal_steps(t, subgoals)
+            goal.subgoal_steps = steps
+            goal.subgoals = [path[k][0] for k in steps]
+            goal.subgoal_states = [path[k][1] for k in steps]
+        return goal
     finally:
         if own:
             env.close()
+
+
+def subgoal_steps(goal_step: int, count: int) -> list[int]:
+    """Expert steps of ``count`` subgoals evenly spaced in (0, goal_step): round(i * goal_step / (count + 1)),
+    distinct and strictly between the start and the goal (fewer when the run is too short)."""
+    steps = [round(i * goal_step / (count + 1)) for i in range(1, count + 1)]
+    return sorted({k for k in steps if 0 < k < goal_step})
 
 
 def _settled_index(candidates: list[tuple]) -> int:

@@ -42,7 +42,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # runnable as a script from a checkout without installing
     sys.path.insert(0, str(_ROOT))
 
-from agents.mpc import GripperHeuristic, RandomActionAgent, VisualMPC, resize_frames, run_episode
+from agents.mpc import GripperHeuristic, RandomActionAgent, SubgoalSchedule, VisualMPC, resize_frames, run_episode
 from agents.optimizers import make_optimizer
 from foresight.checkpoint import atomic_path, atomic_write_bytes, atomic_write_json
 from experiments.common import UsageError, cli_main
@@ -85,6 +85,10 @@ class PlanToGoalConfig:
                                            # final distances are then those of that step; saves compute)
     goal_settle_steps: int = 40            # goal = the expert's frame deepest in success within this many steps
                                            # of its first success (0: the first successful frame; envs/goals.py)
+    subgoals: int = 0                      # also give the planner this many frames of the expert's way to the goal,
+                                           # evenly spaced in time, to reach one after the other (0: the goal only)
+    subgoal_max_steps: int = 0             # steps at most per subgoal (0: max_steps // (subgoals + 1))
+    subgoal_advance: float = 0.2           # move on when the frame's cost to the subgoal fell to this fraction
     image_size: int = 64
     seed: int = 0
     videos: bool = True                    # write real-vs-imagined videos
@@ -119,7 +123,8 @@ def real_vs_imagined(episode: dict[str, Any], goal: np.ndarray) -> np.ndarray:
     """Panels [real frame t+1 | the model's imagined frame t+1 from the latest plan | goal], uint8 [T, H, 3W, 3].
 
     Imagined frames come from the plan active at step t (made at step p <= t, index t - p); black when the
-    agent recorded none (random agent) or the plan was shorter.
+    agent recorded none (random agent) or the plan was shorter. ``goal``: one image [H, W, 3], or one per step
+    [T, H, W, 3] (the goal in force at each step, when the agent follows subgoals).
     """
     real = episode["frames"][1:]  # [T, H, W, 3]
     t_total = real.shape[0]
@@ -412,12 +417,12 @@ _WORKER_MODEL: dict[str, Any] = {}  # per process: the learned model, loaded onc
 
 
 def _episode_strip(path: Path, episode: dict[str, Any], goal: np.ndarray, columns: int = 8) -> None:
-    """PNG rows [real frame t+1 | imagined frame t+1 (the scored sample of the plan in force) | goal] at
-    ``columns`` evenly spaced steps."""
+    """PNG rows [real frame t+1 | imagined frame t+1 (the scored sample of the plan in force) | goal (the one in
+    force, with subgoals)] at ``columns`` evenly spaced steps; ``goal`` [H, W, 3] or per step [T, H, W, 3]."""
     from foresight.viz import save_strip
 
     panels = real_vs_imagined(episode, goal)  # [T, H, 3W, 3]
-    w = goal.shape[1]
+    w = goal.shape[-2]
     idx = np.unique(np.linspace(0, len(panels) - 1, columns).round().astype(int))
     rows = [panels[idx, :, i * w:(i + 1) * w] for i in range(3)]  # 3 x [n, H, W, 3]
     save_strip(path, rows)
@@ -439,7 +444,8 @@ def run_metaworld_episode(cfg: PlanToGoalConfig, task: str, variation: int, run_
     from envs.metaworld import make_env
 
     env = make_env(task, image_size=cfg.image_size, variation_seed=variation, max_steps=500)
-    goal = make_goal(task, variation, image_size=cfg.image_size, env=env, settle_steps=cfg.goal_settle_steps)
+    goal = make_goal(task, variation, image_size=cfg.image_size, env=env, settle_steps=cfg.goal_settle_steps,
+                     subgoals=cfg.subgoals)
     model, record_model, before_plan = learned, None, None
     if cfg.agent == "mpc" and cfg.model == "simulator":
         model, record_model, before_plan = _make_sim(cfg, env)
@@ -447,6 +453,9 @@ def run_metaworld_episode(cfg: PlanToGoalConfig, task: str, variation: int, run_
     check = None
     if cfg.control_check and cfg.agent == "mpc" and variation == cfg.variations[0]:
         check = control_check(cfg, agent, env, goal)
+    if cfg.agent == "mpc" and goal.subgoals:
+        agent = SubgoalSchedule(agent, goal.subgoals, advance_fraction=cfg.subgoal_advance,
+                                max_steps_each=cfg.subgoal_max_steps or max(cfg.max_steps // (cfg.subgoals + 1), 1))
     ep = run_episode(env, agent, goal.image, max_steps=cfg.max_steps, stop_on_success=cfg.stop_on_success)
     final_state = env.get_sim_state()["state_obs"]
     plans = ep["records"]
@@ -468,11 +477,19 @@ def run_metaworld_episode(cfg: PlanToGoalConfig, task: str, variation: int, run_
     }
     if check is not None:
         row["control_check"] = check
+    goal_panels = goal.image
+    if isinstance(agent, SubgoalSchedule):
+        row["subgoal_steps"] = goal.subgoal_steps  # the expert steps the subgoal frames were taken at
+        row["subgoal_switch_steps"] = list(agent.switch_steps)  # the steps at which each subgoal was left
+        row["subgoals_passed"] = len(agent.switch_steps)
+        goals = np.stack([*goal.subgoals, goal.image])
+        goal_panels = goals[np.searchsorted(np.asarray(agent.switch_steps, dtype=int), np.arange(len(ep["actions"])),
+                                            side="right")]  # [T, H, W, 3]: the goal each action aimed at
     env.reset()
     row["initial_state_distance"] = _state_distance(env.get_sim_state()["state_obs"], goal.state)
     if cfg.videos:
-        write_video(run_dir / "videos" / f"{task}__v{variation}.mp4", real_vs_imagined(ep, goal.image))
-        _episode_strip(run_dir / "strips" / f"{task}__v{variation}.png", ep, goal.image)
+        write_video(run_dir / "videos" / f"{task}__v{variation}.mp4", real_vs_imagined(ep, goal_panels))
+        _episode_strip(run_dir / "strips" / f"{task}__v{variation}.png", ep, goal_panels)
     env.close()
     return row
 
@@ -679,6 +696,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.goal_settle_steps < 0:
         raise UsageError(f"goal_settle_steps must be >= 0 (0: the expert's first successful frame), "
                          f"got {cfg.goal_settle_steps}")
+    if cfg.subgoals < 0 or cfg.subgoal_max_steps < 0:
+        raise UsageError(f"subgoals and subgoal_max_steps must be >= 0, got {cfg.subgoals}, {cfg.subgoal_max_steps}")
+    if not 0 <= cfg.subgoal_advance < 1:
+        raise UsageError(f"subgoal_advance must be in [0, 1) (a fraction of the cost to the subgoal), "
+                         f"got {cfg.subgoal_advance}")
+    if cfg.robonet_dir and cfg.subgoals:
+        raise UsageError("subgoals come from Meta-World's scripted expert; a RoboNet replay has none")
     if cfg.robonet_dir and cfg.agent == "mpc" and cfg.model == "simulator":
         raise UsageError("model=simulator cannot plan on RoboNet (a real robot's recording cannot be re-simulated); "
                          "use model=copy_last or a world-model checkpoint")

@@ -167,6 +167,25 @@ def test_settled_goal_lies_deeper_in_success():
     env.close()
 
 
+def test_goal_subgoals_are_frames_of_the_expert_run_evenly_spaced_before_the_goal():
+    from envs.goals import subgoal_steps
+
+    assert subgoal_steps(100, 3) == [25, 50, 75] and subgoal_steps(3, 5) == [1, 2] and subgoal_steps(10, 0) == []
+    env = make_env("reach-v3", variation_seed=9, image_size=32)
+    ep, first = rollout_expert(env, expert_policy("reach-v3"), success_tail=10)
+    goal = make_goal("reach-v3", 9, env=env, settle_steps=10, subgoals=3)
+    assert goal.subgoal_steps == subgoal_steps(goal.step, 3) and len(goal.subgoals) == 3
+    for k, img, state in zip(goal.subgoal_steps, goal.subgoals, goal.subgoal_states):
+        np.testing.assert_array_equal(img, ep["frames"][k])
+        np.testing.assert_allclose(state, ep["states"][k], rtol=0, atol=1e-6)
+    plain = make_goal("reach-v3", 9, env=env, settle_steps=10)
+    assert plain.subgoals is None and plain.step == goal.step
+    np.testing.assert_array_equal(plain.image, goal.image)  # asking for subgoals does not move the goal
+    with pytest.raises(ValueError, match="subgoals"):
+        make_goal("reach-v3", 9, env=env, subgoals=-1)
+    env.close()
+
+
 def test_settled_index_rules():
     from envs.goals import _settled_index
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.mpc import GripperHeuristic, RandomActionAgent, VisualMPC, image_to_tensor, run_episode
+from agents.mpc import GripperHeuristic, RandomActionAgent, SubgoalSchedule, VisualMPC, image_to_tensor, run_episode
 from agents.optimizers import CEM, MPPI, RandomShooting
 from foresight.models.baselines import ConvPredictor, ConvPredictorConfig, CopyLastConfig, CopyLastFrame
 from foresight.world_model import WorldModel
@@ -275,3 +275,46 @@ def test_run_episode_can_stop_at_the_first_success():
     assert len(stopped["actions"]) == first and stopped["success"][-1] == 1.0 and stopped["success"][:-1].max() == 0
     assert np.array_equal(stopped["actions"], full["actions"][:first])
     assert len(stopped["frames"]) == first + 1
+
+
+def blob_positions(ep):
+    img = torch.from_numpy(ep["frames"]).float()[..., 0] / 255  # [T+1, H, W]
+    w = img / img.sum((1, 2), keepdim=True)
+    return np.stack([(w * XX).sum((1, 2)).numpy(), (w * YY).sum((1, 2)).numpy()], -1)  # [T+1, 2]
+
+
+def test_subgoal_schedule_visits_each_subgoal_in_order_then_the_goal():
+    def agent():
+        return VisualMPC(point_model(), CEM(num_samples=60, iterations=3), horizon=4, action_low=-np.ones(2),
+                         action_high=np.ones(2), cost="pixel", cost_weighting="all", seed=0)
+
+    detour = [(3.0, 12.0), (8.0, 13.0)]  # a way round, well off the straight line from (4, 4) to the goal (11, 9)
+    subgoals = [render(torch.tensor(p)) for p in detour]
+    schedule = SubgoalSchedule(agent(), subgoals, max_steps_each=20, advance_fraction=0.1)
+    ep = run_episode(PointEnv(), schedule, goal_image(), max_steps=40)
+    pos = blob_positions(ep)
+    near = [int(np.argmin(np.linalg.norm(pos - np.asarray(p), axis=1))) for p in detour]
+    assert all(np.linalg.norm(pos[i] - np.asarray(p)) < 1.5 for i, p in zip(near, detour))  # passed by each
+    assert near[0] < near[1]  # in order
+    assert len(schedule.switch_steps) == 2 and schedule.switch_steps[0] < schedule.switch_steps[1] < 40
+    assert schedule.index == 2 and torch.equal(schedule.agent.goal_image, goal_image())
+    assert final_distance(ep) < 1.0  # and then the goal
+    plain = run_episode(PointEnv(), agent(), goal_image(), max_steps=40)  # straight there, never near the detour
+    assert min(np.linalg.norm(blob_positions(plain) - np.asarray(detour[0]), axis=1)) > 4.0
+
+
+def test_subgoal_schedule_moves_on_when_a_subgoal_takes_too_long():
+    agent = VisualMPC(point_model(), CEM(num_samples=20, iterations=1), horizon=3, action_low=-np.ones(2),
+                      action_high=np.ones(2), cost="pixel", replan_every=3, seed=0)
+    far = [render(torch.tensor([13.0, 2.0])), render(torch.tensor([2.0, 13.0]))]
+    schedule = SubgoalSchedule(agent, far, max_steps_each=4, advance_fraction=0.0)  # never close enough
+    run_episode(PointEnv(), schedule, goal_image(), max_steps=12)
+    assert schedule.switch_steps == [4, 8]
+    steps = [r.step for r in agent.records]
+    assert 4 in steps and 8 in steps  # a new goal replans at once, whatever the replanning interval
+    assert agent.t == 12 and len(agent.context) == 2  # the episode state survived the switches
+    with pytest.raises(ValueError, match="max_steps_each"):
+        SubgoalSchedule(agent, far, max_steps_each=0)
+    with pytest.raises(RuntimeError, match="reset"):
+        VisualMPC(point_model(), CEM(num_samples=4), horizon=2, action_low=-np.ones(2),
+                  action_high=np.ones(2)).set_goal(goal_image())

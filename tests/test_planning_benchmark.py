@@ -171,3 +171,25 @@ def test_resume_accepts_a_run_made_before_an_option_existed(tmp_path):
     with pytest.raises(ValueError, match="another config"):
         plan_to_goal._resumable_rows(tmp_path, plan_to_goal.PlanToGoalConfig(tasks=("reach-v3",), variations=(10000,),
                                                                             stop_on_success=True))
+
+
+@pytest.mark.mujoco
+def test_benchmark_with_subgoals_records_the_switches_and_shows_the_goal_in_force(tmp_path):
+    args = _args("copy_last", tmp_path, cost="pixel", control_check="false", max_steps=4, subgoals=2,
+                 subgoal_max_steps=2, name="sub")
+    (row,) = plan_to_goal.main(args)["per_episode"]
+    assert len(row["subgoal_steps"]) == 2 and row["subgoal_steps"][0] < row["subgoal_steps"][1] < row["goal_step"]
+    # copy_last never gets near a subgoal, so each one is left when its 2 steps are spent
+    assert row["subgoal_switch_steps"] == [2, 4][:row["subgoals_passed"]] and row["subgoals_passed"] >= 1
+    import imageio.v3 as iio
+    from envs.goals import make_goal
+
+    strip = iio.imread(tmp_path / "sub" / "strips" / "reach-v3__v10000.png")
+    goal_row = np.split(strip[2:2 + 3 * 66], 3, axis=0)[2]
+    first, last = goal_row[:64, 2:66, :3], goal_row[:64, -66:-2, :3]  # the goal panel at the first and last step
+    goal = make_goal("reach-v3", 10000, settle_steps=40, subgoals=2)
+    assert np.abs(first.astype(int) - goal.subgoals[0]).mean() < np.abs(first.astype(int) - goal.image).mean()
+    assert not np.array_equal(first, last)
+    with pytest.raises(SystemExit):
+        from experiments.common import cli_main
+        cli_main(plan_to_goal.main, plan_to_goal.PlanToGoalConfig, "", argv=["subgoal_advance=1.5"])
