@@ -69,3 +69,28 @@ def test_planning_with_the_simulator_moves_toward_a_goal(env):
     ep = run_episode(env, agent, goal, max_steps=8)
     dist = lambda img: float(((torch.from_numpy(img).permute(2, 0, 1).float() / 255 - goal) ** 2).sum())  # noqa: E731
     assert dist(ep["frames"][-1]) < 0.7 * dist(ep["frames"][0])  # measured: 8.9 vs 17.2
+
+
+def test_unobserved_steps_keep_the_physics_exact_through_contact():
+    """Final-only rendering skips Meta-World's observation code on most steps; the final frame and state must
+    still be exactly the real env's, here while the expert hooks and pulls the door (contact)."""
+    env = metaworld_env.make_env("door-open-v3", image_size=32, variation_seed=3)
+    policy = metaworld_env.expert_policy("door-open-v3")
+    obs, _ = env.reset()
+    for _ in range(84):  # hooked on the handle
+        obs, *_ = env.step(policy(obs["state"]))
+    sim = SimulatorWorldModel.for_env(env, render_steps="final", future_frames=12)
+    sim.sync(env)
+    start = env.get_sim_state()
+    actions = []
+    for _ in range(12):  # the real future: the expert keeps pulling
+        actions.append(policy(obs["state"]))
+        obs, *_ = env.step(actions[-1])
+    moved = np.linalg.norm(obs["state"][4:7] - start["state_obs"][4:7])
+    plan = torch.from_numpy(np.stack(actions).astype(np.float32))[None]  # [1, 12, 4]
+    context = torch.zeros(1, 1, 3, 32, 32)
+    video = sim.predict(context, plan)
+    assert torch.equal(video[0, 0, -1], torch.from_numpy(obs["image"]).permute(2, 0, 1).float() / 255)
+    np.testing.assert_array_equal(sim.last_final_states[0], obs["state"])
+    assert moved > 0.05  # the handle really moved during those steps (contact was exercised)
+    env.close()
