@@ -318,3 +318,16 @@ def test_subgoal_schedule_moves_on_when_a_subgoal_takes_too_long():
     with pytest.raises(RuntimeError, match="reset"):
         VisualMPC(point_model(), CEM(num_samples=4), horizon=2, action_low=-np.ones(2),
                   action_high=np.ones(2)).set_goal(goal_image())
+
+
+@pytest.mark.parametrize("cost", ["pixel", "embedding"])
+def test_goal_distance_is_the_planners_cost_of_the_observed_frame(cost):
+    agent = VisualMPC(noisy_model(), CEM(num_samples=4), horizon=2, action_low=-np.ones(2),
+                      action_high=np.ones(2), cost=cost)
+    agent.reset(goal_image())
+    at_goal = (goal_image() * 255).round().byte().permute(1, 2, 0).numpy()  # uint8 [H, W, 3] observation
+    start = PointEnv().reset()[0]
+    assert agent.goal_distance(at_goal) < 1e-3 < agent.goal_distance(start)
+    frame = image_to_tensor(start["image"])
+    expected = (frame - goal_image()).pow(2).sum()  # both costs are summed squared errors here (embed = flatten)
+    assert agent.goal_distance(start) == pytest.approx(float(expected), rel=1e-5)
