@@ -86,8 +86,16 @@ def _load(path: str) -> dict:
         return infos[0]
     from experiments.plan_to_goal import aggregate_metaworld
 
+    import json
+
+    from experiments.plan_to_goal import PlanToGoalConfig
+    from foresight.config import to_dict
+
+    defaults = json.loads(json.dumps(to_dict(PlanToGoalConfig())))
+
     def settings(info: dict) -> dict:
-        return {k: v for k, v in info.get("config", {}).items() if k not in _PART_KEYS}
+        # an option added after a part was run is that part's behaviour at its default value
+        return {**defaults, **{k: v for k, v in info.get("config", {}).items()}, **{k: None for k in _PART_KEYS}}
 
     rows, seen, first = [], set(), settings(infos[0])
     for part, info in zip(parts, infos):

@@ -315,6 +315,11 @@ def test_planning_table_merges_runs_made_in_parts(tmp_path):
     other = run("c", [row("push-v3", 2, 0)], num_samples=200)
     with pytest.raises(UsageError, match="differ: num_samples"):
         pt.main([f"{a}+{other}"])
+    # a part run after an option was added, with that option at its default, is the same setting
+    newer = run("d", [row("push-v3", 3, 1)], subgoals=0, subgoal_advance=0.2)
+    assert "(1/1)" in pt.main([f"{a}+{newer}"]).splitlines()[2]
+    with pytest.raises(UsageError, match="differ: subgoals"):
+        pt.main([f"{a}+{run('e', [row('push-v3', 4, 1)], subgoals=3)}"])
 
 
 def test_write_results_writes_json_only_when_asked(tmp_path, capsys):
