@@ -467,6 +467,12 @@ def run_metaworld_episode(cfg: PlanToGoalConfig, task: str, variation: int, run_
         "initial_pixel_distance": _pixel_distance(ep["frames"][0], goal.image),
         "final_pixel_distance": _pixel_distance(ep["frames"][-1], goal.image),
         "initial_state_distance": None, "final_state_distance": _state_distance(final_state, goal.state),
+        # where the hand and the first object ended and where the goal has them (x, y, z in m), to tell a near miss
+        # of the arm from one of the object
+        "final_hand": np.asarray(final_state[0:3]).round(4).tolist(),
+        "final_object": np.asarray(final_state[4:7]).round(4).tolist(),
+        "goal_hand": np.asarray(goal.state[0:3]).round(4).tolist(),
+        "goal_object": np.asarray(goal.state[4:7]).round(4).tolist(),
         "expert_steps_to_goal": int(goal.first_success),
         "goal_step": int(goal.step),
         "goal_success_distance": goal.success_distance,

@@ -66,6 +66,9 @@ def test_benchmark_end_to_end_and_resume(tiny_ghvae_dir, tmp_path):
                 "plan_seconds_mean", "control_check"):
         assert key in row
     assert row["steps"] == 3 and row["plans"] == 3
+    assert all(len(row[k]) == 3 for k in ("final_hand", "final_object", "goal_hand", "goal_object"))
+    assert abs(np.linalg.norm(np.r_[row["final_hand"], row["final_object"]] - np.r_[row["goal_hand"], row["goal_object"]])
+               - row["final_state_distance"]) < 1e-3
     check = saved["control_check"]["reach-v3"]
     assert check["plans"] == 6 and set(check["motion"]) == {"+x", "-x", "+y", "-y", "+z", "-z"}
     assert check["spearman"] is None or -1 <= check["spearman"] <= 1
