@@ -537,8 +537,9 @@ def _resumable_rows(run_dir: Path, cfg: PlanToGoalConfig) -> list[dict[str, Any]
         old = json.loads(path.read_text())
     except json.JSONDecodeError:
         return []
-    same = {k: v for k, v in old.get("config", {}).items() if k not in ("workers", "threads", "name")}
-    now = {k: v for k, v in json.loads(json.dumps(to_dict(cfg))).items() if k not in ("workers", "threads", "name")}
+    how = ("workers", "threads", "name", "out")  # how and where the run is made, not what it measures
+    same = {k: v for k, v in old.get("config", {}).items() if k not in how}
+    now = {k: v for k, v in json.loads(json.dumps(to_dict(cfg))).items() if k not in how}
     # an option added after that run started, left at its default, is the run's behaviour too
     defaults = json.loads(json.dumps(to_dict(PlanToGoalConfig())))
     now = {k: v for k, v in now.items() if k in same or v != defaults.get(k)}

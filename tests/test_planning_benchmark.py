@@ -170,6 +170,9 @@ def test_resume_accepts_a_run_made_before_an_option_existed(tmp_path):
     del old["stop_on_success"]  # the run was started by a version without this option
     (tmp_path / "eval_info.json").write_text(json.dumps({"config": old, "per_episode": [{"task": "reach-v3"}]}))
     assert plan_to_goal._resumable_rows(tmp_path, cfg) == [{"task": "reach-v3"}]
+    # the same folder named by another path (out=/abs/runs vs out=runs) is the same run
+    assert plan_to_goal._resumable_rows(tmp_path, plan_to_goal.replace(cfg, out=str(tmp_path))) \
+        == [{"task": "reach-v3"}]
     # ... but asking for the new behaviour is another config
     with pytest.raises(ValueError, match="another config"):
         plan_to_goal._resumable_rows(tmp_path, plan_to_goal.PlanToGoalConfig(tasks=("reach-v3",), variations=(10000,),
