@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = build_config(BenchPolicyEvalConfig, sys.argv[1:] if argv is None else argv)
     import torch
 
-    
+
     torch.set_num_threads(1)
     batches = list(cfg.batches)
     rows = []

@@ -64,7 +64,7 @@ class CostLandscapeConfig:
 def main(argv: list[str] | None = None) -> dict:
     cfg = build_config(CostLandscapeConfig, sys.argv[1:] if argv is None else argv)
     from agents.costs import LPIPSCost, PixelCost
-    
+
     torch.set_num_threads(1)
     results: dict = {"tasks": {}, "command": "python benchmarks/cost_landscape.py " + " ".join(argv or sys.argv[1:])}
     lpips = None

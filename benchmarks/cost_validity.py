@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     from envs.metaworld import make_env
     from envs.sim_model import SimulatorWorldModel
     from experiments.plan_to_goal import _state_distance
-    
+
     torch.set_num_threads(1)
     model = None
     if cfg.model:

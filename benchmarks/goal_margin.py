@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = build_config(GoalMarginConfig, sys.argv[1:] if argv is None else argv)
     variations = parse_variations(cfg.variations)
     from envs.metaworld import make_env
-    
+
     results: dict = {"command": "python benchmarks/goal_margin.py " + " ".join(argv or sys.argv[1:]), "tasks": {}}
     for task in cfg.tasks:
         env = make_env(task, image_size=16, variation_seed=variations[0], max_steps=500)

@@ -139,8 +139,9 @@ class SimulatorWorldModel(WorldModel):
                 # Steps that are neither rendered nor among the last two (the final 39-d state stacks the previous
                 # step's observation) skip Meta-World's observation and reward code: same physics, ~2x faster.
                 observe = t in render or t >= horizon - 2
-                out_t = self.env.physics_step(acts[i, t], observe=observe)[0]  # clears the cached image
-                state_obs = out_t if observe else state_obs
+                stepped = self.env.physics_step(acts[i, t], observe=observe)[0]  # clears the cached image
+                if observe:
+                    state_obs = stepped
                 self.num_physics_steps += 1
                 if t in render:
                     frames[t] = self.env.render()  # [H, W, 3] uint8; renders the current data

@@ -528,6 +528,19 @@ def _device(cfg: PlanToGoalConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
+# how and where a run is made, not what it measures: runs that differ only in these are the same run
+RUN_HOW_KEYS = ("workers", "threads", "name", "out")
+
+
+def run_settings(config: Any, ignore: tuple[str, ...] = RUN_HOW_KEYS) -> dict[str, Any]:
+    """A run's config (a `PlanToGoalConfig` or its saved dict) as the settings that decide its results: JSON
+    values, every option present (one added after the run was made counts at its default, which was the run's
+    behaviour), the ``ignore`` keys dropped. Two runs measure the same thing when these are equal."""
+    defaults = json.loads(json.dumps(to_dict(PlanToGoalConfig())))
+    given = json.loads(json.dumps(config if isinstance(config, dict) else to_dict(config)))
+    return {k: v for k, v in {**defaults, **given}.items() if k not in ignore}
+
+
 def _resumable_rows(run_dir: Path, cfg: PlanToGoalConfig) -> list[dict[str, Any]]:
     """Episode rows of an earlier, killed run of the same config in ``run_dir`` (resume), else []."""
     path = run_dir / "eval_info.json"
@@ -537,13 +550,7 @@ def _resumable_rows(run_dir: Path, cfg: PlanToGoalConfig) -> list[dict[str, Any]
         old = json.loads(path.read_text())
     except json.JSONDecodeError:
         return []
-    how = ("workers", "threads", "name", "out")  # how and where the run is made, not what it measures
-    same = {k: v for k, v in old.get("config", {}).items() if k not in how}
-    now = {k: v for k, v in json.loads(json.dumps(to_dict(cfg))).items() if k not in how}
-    # an option added after that run started, left at its default, is the run's behaviour too
-    defaults = json.loads(json.dumps(to_dict(PlanToGoalConfig())))
-    now = {k: v for k, v in now.items() if k in same or v != defaults.get(k)}
-    if same != now:
+    if run_settings(old.get("config", {})) != run_settings(to_dict(cfg)):
         raise UsageError(f"{run_dir} holds a run with another config; pass a new name=... or remove it")
     return list(old.get("per_episode", []))
 

@@ -68,8 +68,8 @@ def split_files(argv: list[str]) -> list[str]:
     return (["--files", *files] if files else []) + rest
 
 
-# config keys that may differ between runs merged into one row: which episodes a run made, and how
-_PART_KEYS = ("tasks", "variations", "name", "workers", "threads", "out")
+# config keys that may differ between runs merged into one row (besides how they were run): which episodes
+_PART_KEYS = ("tasks", "variations")
 
 
 def _load(path: str) -> dict:
@@ -84,18 +84,10 @@ def _load(path: str) -> dict:
         infos.append(info)
     if len(infos) == 1:
         return infos[0]
-    from experiments.plan_to_goal import aggregate_metaworld
-
-    import json
-
-    from experiments.plan_to_goal import PlanToGoalConfig
-    from foresight.config import to_dict
-
-    defaults = json.loads(json.dumps(to_dict(PlanToGoalConfig())))
+    from experiments.plan_to_goal import RUN_HOW_KEYS, aggregate_metaworld, run_settings
 
     def settings(info: dict) -> dict:
-        # an option added after a part was run is that part's behaviour at its default value
-        return {**defaults, **{k: v for k, v in info.get("config", {}).items()}, **{k: None for k in _PART_KEYS}}
+        return run_settings(info.get("config", {}), ignore=RUN_HOW_KEYS + _PART_KEYS)
 
     rows, seen, first = [], set(), settings(infos[0])
     for part, info in zip(parts, infos):
