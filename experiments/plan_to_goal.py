@@ -715,6 +715,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not 0 <= cfg.subgoal_advance < 1:
         raise UsageError(f"subgoal_advance must be in [0, 1) (a fraction of the cost to the subgoal), "
                          f"got {cfg.subgoal_advance}")
+    if cfg.pixel_blur < 0 or (cfg.pixel_blur > 0 and cfg.cost != "pixel"):
+        raise UsageError(f"pixel_blur (a Gaussian sigma >= 0) applies to cost=pixel only; got pixel_blur="
+                         f"{cfg.pixel_blur} with cost={cfg.cost}")
     if cfg.robonet_dir and cfg.subgoals:
         raise UsageError("subgoals come from Meta-World's scripted expert; a RoboNet replay has none")
     if cfg.robonet_dir and cfg.agent == "mpc" and cfg.model == "simulator":

@@ -100,6 +100,8 @@ def _run(script, *args, **env):
     ("experiments/train_world_model.py", ["train.steps=abc"], "train.steps: expected an int, got 'abc'"),
     ("experiments/mt50_bc.py", ["demos_per_task=many"], "demos_per_task: expected an int"),
     ("experiments/eval_prediction.py", ["--checkpoint", "x", "--num-clips", "ten"], "num_clips: expected an int"),
+    ("experiments/plan_to_goal.py", ["cost=lpips", "pixel_blur=3"], "pixel_blur (a Gaussian sigma >= 0) applies to "
+                                                                     "cost=pixel only"),
 ])
 def test_user_error_is_one_line_and_exit_2(script, args, message):
     proc = _run(script, *args)
