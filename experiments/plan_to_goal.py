@@ -31,7 +31,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import json
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,8 @@ class PlanToGoalConfig:
     predict_batch_size: int = 0            # candidates per model call (0 = all)
     rest_candidate: bool = False           # offer "hold still" (zero action, or the box middle) in every plan
     gripper: bool = False                  # script the gripper (close below gripper_z) instead of planning it
-    gripper_z: float = 0.08
+    gripper_z: float = 0.08                # metres (1.0: always closed, since Meta-World's hand stays below 0.35)
+    gripper_z_by_task: dict[str, float] = field(default_factory=dict)  # per-task gripper_z, e.g. {push-v3: 0.08}
     max_steps: int = 50                    # control steps per episode
     stop_on_success: bool = False          # end an episode at its first success (success rate unchanged; the
                                            # final distances are then those of that step; saves compute)
@@ -449,7 +450,8 @@ def run_metaworld_episode(cfg: PlanToGoalConfig, task: str, variation: int, run_
     model, record_model, before_plan = learned, None, None
     if cfg.agent == "mpc" and cfg.model == "simulator":
         model, record_model, before_plan = _make_sim(cfg, env)
-    agent = _build_agent(cfg, model, env, record_model, before_plan)
+    agent = _build_agent(replace(cfg, gripper_z=cfg.gripper_z_by_task.get(task, cfg.gripper_z)), model, env,
+                         record_model, before_plan)
     check = None
     if cfg.control_check and cfg.agent == "mpc" and variation == cfg.variations[0]:
         check = control_check(cfg, agent, env, goal)
@@ -718,6 +720,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.pixel_blur < 0 or (cfg.pixel_blur > 0 and cfg.cost != "pixel"):
         raise UsageError(f"pixel_blur (a Gaussian sigma >= 0) applies to cost=pixel only; got pixel_blur="
                          f"{cfg.pixel_blur} with cost={cfg.cost}")
+    if cfg.gripper_z_by_task:
+        from envs.metaworld import MT50_TASKS
+        unknown = sorted(set(cfg.gripper_z_by_task) - set(MT50_TASKS))
+        if unknown:
+            raise UsageError(f"gripper_z_by_task: {unknown} are not Meta-World v3 task names (e.g. 'push-v3')")
+        if not cfg.gripper:
+            raise UsageError("gripper_z_by_task sets the scripted gripper's height per task; it needs gripper=true")
     if cfg.robonet_dir and cfg.subgoals:
         raise UsageError("subgoals come from Meta-World's scripted expert; a RoboNet replay has none")
     if cfg.robonet_dir and cfg.agent == "mpc" and cfg.model == "simulator":

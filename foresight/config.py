@@ -102,9 +102,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         converted = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(converted) if origin is tuple else converted
     if origin is dict:
+        if isinstance(value, str):  # key={push-v3: 0.08} on the command line
+            value = yaml.safe_load(value) if value.strip() else {}
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        key_type, value_type = args if len(args) == 2 else (Any, Any)
+        return {_coerce(k, key_type, f"{where} key"): _coerce(v, value_type, f"{where}[{k!r}]")
+                for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, bool):
             return value

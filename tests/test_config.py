@@ -87,3 +87,17 @@ def test_fixed_length_tuple_fields_are_typed_per_position():
     assert cfg.frame_size == (120, 160) and cfg.pair == ("b", 2.0)
     with pytest.raises(ConfigError, match="2 items"):
         build_config(Sized, ["frame_size=[1,2,3]"])
+
+
+def test_mapping_fields_are_typed_per_entry():
+    @dataclass
+    class WithMap:
+        heights: dict[str, float] = field(default_factory=dict)
+
+    assert build_config(WithMap, ["heights={push-v3: 1, reach-v3: 0.5}"]).heights == {"push-v3": 1.0, "reach-v3": 0.5}
+    assert isinstance(build_config(WithMap, ["heights={push-v3: 1}"]).heights["push-v3"], float)
+    assert build_config(WithMap, []).heights == {}
+    with pytest.raises(ConfigError, match=r"heights\['push-v3'\]: expected a float, got 'high'"):
+        build_config(WithMap, ["heights={push-v3: high}"])
+    with pytest.raises(ConfigError, match="heights: expected a mapping"):
+        build_config(WithMap, ["heights=[1, 2]"])

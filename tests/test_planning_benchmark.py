@@ -199,3 +199,22 @@ def test_benchmark_with_subgoals_records_the_switches_and_shows_the_goal_in_forc
     with pytest.raises(SystemExit):
         from experiments.common import cli_main
         cli_main(plan_to_goal.main, plan_to_goal.PlanToGoalConfig, "", argv=["subgoal_advance=1.5"])
+
+
+@pytest.mark.mujoco
+def test_scripted_gripper_height_per_task(tmp_path, monkeypatch):
+    seen = []
+    build = plan_to_goal._build_agent
+
+    def spy(cfg, *args, **kwargs):
+        agent = build(cfg, *args, **kwargs)
+        seen.append(agent.gripper.z_threshold)
+        return agent
+
+    monkeypatch.setattr(plan_to_goal, "_build_agent", spy)
+    args = _args("copy_last", tmp_path, cost="pixel", control_check="false", max_steps=1, videos="false",
+                 tasks="[reach-v3,push-v3]", gripper="true", gripper_z=1.0, gripper_z_by_task="{push-v3: 0.08}")
+    info = plan_to_goal.main(args)
+    assert [r["task"] for r in info["per_episode"]] == ["reach-v3", "push-v3"]
+    assert seen == [1.0, 0.08]  # reach: the default height; push: its own
+    assert info["config"]["gripper_z_by_task"] == {"push-v3": 0.08}
