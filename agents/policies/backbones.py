@@ -17,7 +17,6 @@ Checkpoints describe a backbone by `backbone_spec` (JSON) and rebuild it with `b
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from foresight.config import from_dict, preset, to_dict
+from foresight.nn.conv import group_norm
 from foresight.nn.transformer import CausalTransformer
 from foresight.registry import get_model_class
 from foresight.world_model import WorldModel, check_frames
@@ -90,7 +90,7 @@ class CNNTransformerConfig(CNNBackboneConfig):
 def _norm_layer(kind: str):
     if kind == "batch":
         return nn.BatchNorm2d
-    return lambda c: nn.GroupNorm(math.gcd(32, c), c)
+    return lambda c: group_norm(c, max_groups=32, eps=1e-5)
 
 
 class ResNetEncoder(nn.Module):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from foresight.nn.conv import group_norm
 from foresight.registry import register_model
 from foresight.world_model import WorldModel
 
@@ -79,7 +80,7 @@ class ConvPredictor(WorldModel):
         in_ch = 3 * config.context_frames
         for i in range(config.levels):
             out_ch = c * 2**i
-            enc += [nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1, bias=False), nn.GroupNorm(min(8, out_ch), out_ch), nn.SiLU()]
+            enc += [nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1, bias=False), group_norm(out_ch, 8, eps=1e-5), nn.SiLU()]
             in_ch = out_ch
         enc += [nn.Conv2d(in_ch, config.latent_channels, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
@@ -91,7 +92,7 @@ class ConvPredictor(WorldModel):
         in_ch = config.latent_channels
         for i in reversed(range(config.levels)):
             out_ch = c * 2**i
-            dec += [nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1, bias=False), nn.GroupNorm(min(8, out_ch), out_ch), nn.SiLU()]
+            dec += [nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1, bias=False), group_norm(out_ch, 8, eps=1e-5), nn.SiLU()]
             in_ch = out_ch
         dec += [nn.Conv2d(in_ch, 3, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)

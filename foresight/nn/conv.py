@@ -5,16 +5,21 @@ Axis legend: B batch, Ch channels, H, W spatial size. All blocks map ``[B, Ch, H
 
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["group_norm", "ResBlock", "Downsample", "Upsample", "SpatialAttention", "ResNetFeatures"]
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    # 32 groups as in VQ-GAN when the width allows it; tiny test models have fewer channels.
-    groups = 32 if channels % 32 == 0 else next(g for g in (16, 8, 4, 2, 1) if channels % g == 0)
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+def group_norm(channels: int, max_groups: int = 32, eps: float = 1e-6) -> nn.GroupNorm:
+    """GroupNorm with the most groups that divide ``channels``, up to ``max_groups``: gcd(max_groups, channels).
+
+    32 groups as in VQ-GAN when the width allows it (tiny test models have fewer channels); GHVAE and the conv
+    baseline use ``max_groups=8, eps=1e-5``, the policy ResNets ``eps=1e-5``.
+    """
+    return nn.GroupNorm(math.gcd(max_groups, channels), channels, eps=eps)
 
 
 class ResBlock(nn.Module):
