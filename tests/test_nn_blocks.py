@@ -33,3 +33,22 @@ def test_models_use_the_shared_group_norm():
     norms = [m for m in block.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert norms and all(m.num_groups == 8 and m.eps == 1e-5 for m in norms)
     assert _norm_layer("group")(48).num_groups == 16 and _norm_layer("group")(48).eps == 1e-5
+
+
+def test_ghvae_resblock_loads_checkpoints_saved_with_the_old_layer_names():
+    from torch import nn
+
+    from foresight.models.ghvae.modules import ResBlock
+
+    torch.manual_seed(0)
+    old = nn.Sequential(nn.GroupNorm(8, 16), nn.SiLU(), nn.Conv2d(16, 16, 3, padding=1),
+                        nn.GroupNorm(8, 16), nn.SiLU(), nn.Conv2d(16, 16, 3, padding=1))  # the block as it was
+    for p in old.parameters():
+        nn.init.normal_(p, std=0.3)
+    parent = nn.Module()
+    parent.block = ResBlock(16)
+    parent.load_state_dict({f"block.body.{k}": v for k, v in old.state_dict().items()})  # strict: every key used
+    x = torch.randn(2, 16, 6, 6)
+    assert torch.allclose(parent.block(x), x + old(x), atol=1e-6)
+    assert set(parent.block.state_dict()) == {f"{n}.{p}" for n in ("norm1", "conv1", "norm2", "conv2")
+                                               for p in ("weight", "bias")}

@@ -25,12 +25,13 @@ def group_norm(channels: int, max_groups: int = 32, eps: float = 1e-6) -> nn.Gro
 class ResBlock(nn.Module):
     """Pre-activation residual block (GroupNorm, SiLU, 3x3 conv) x2 with a 1x1 skip when widths differ."""
 
-    def __init__(self, *, in_channels: int, out_channels: int | None = None, dropout: float = 0.0):
+    def __init__(self, *, in_channels: int, out_channels: int | None = None, dropout: float = 0.0,
+                 max_groups: int = 32, eps: float = 1e-6):
         super().__init__()
         out_channels = out_channels or in_channels
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, max_groups, eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, max_groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()

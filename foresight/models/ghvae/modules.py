@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from foresight.nn import conv
 from foresight.nn.conv import group_norm
 from foresight.nn.convlstm import ConvLSTMCell
 
@@ -41,18 +42,20 @@ def _norm(channels: int) -> nn.GroupNorm:
     return group_norm(channels, max_groups=8, eps=1e-5)  # 8 groups (the widths are multiples of 8)
 
 
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv x2 with an identity skip; keeps [N, C, H, W]."""
+class ResBlock(conv.ResBlock):
+    """The shared pre-activation residual block at one width, with GHVAE's 8 groups (eps 1e-5); keeps [N, C, H, W]."""
+
+    # Checkpoints saved before the block was shared name its layers body.0 .. body.5 (an nn.Sequential).
+    _OLD_NAMES = {"body.0.": "norm1.", "body.2.": "conv1.", "body.3.": "norm2.", "body.5.": "conv2."}
 
     def __init__(self, channels: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-        )
+        super().__init__(in_channels=channels, max_groups=8, eps=1e-5)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        for old, new in self._OLD_NAMES.items():
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class Encoder(nn.Module):
