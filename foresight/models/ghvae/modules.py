@@ -28,7 +28,6 @@ import torch
 from torch import Tensor, nn
 
 from foresight.nn import conv
-from foresight.nn.conv import group_norm
 from foresight.nn.convlstm import ConvLSTMCell
 
 from .config import ModuleShape
@@ -39,7 +38,7 @@ LOGSTD_MIN, LOGSTD_MAX = -6.0, 4.0
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return group_norm(channels, max_groups=8, eps=1e-5)  # 8 groups (the widths are multiples of 8)
+    return conv.group_norm(channels, max_groups=8, eps=1e-5)  # 8 groups (the widths are multiples of 8)
 
 
 class ResBlock(conv.ResBlock):
