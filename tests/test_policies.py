@@ -138,6 +138,29 @@ def test_select_action_shapes_and_clipping(tiny_conv):
     assert np.all(policy.select_action(img) == 1.0)
 
 
+def test_select_action_acts_in_eval_mode_and_restores_the_mode(tiny_conv):
+    policy = make_bc_policy("harp", backbone_model=tiny_conv, preset="tiny", image_size=SIZE)
+    seen = []
+    policy.policy_head.register_forward_hook(lambda m, i, o: seen.append(m.training))
+    img = _images(1)[0]
+    policy.train()
+    policy.select_action(img)
+    assert seen[-1] is False and policy.training and policy.policy_head.training  # acted in eval, restored
+    policy.eval()
+    policy.policy_head.train()  # one submodule left in training mode: still acts in eval mode
+    policy.reset()
+    policy.select_action(img)
+    assert seen[-1] is False and not policy.policy_head.training
+    calls = []
+    original = type(policy).train
+    type(policy).train = lambda self, mode=True: calls.append(mode) or original(self, mode)
+    try:
+        policy.select_action(img)  # all in eval mode already: no mode switch
+    finally:
+        type(policy).train = original
+    assert calls == [] and seen[-1] is False
+
+
 def test_history_padding_sliding_and_reset():
     policy = _spy_policy(history=3)
     spy = policy.backbone
