@@ -41,7 +41,7 @@ test-all: setup
 INTERACTION_TASKS = reach-v3,push-v3,drawer-close-v3,button-press-topdown-v3,door-open-v3
 planning-model: setup
 	$(PY) experiments/collect_metaworld.py --out data/mw_interaction --tasks $(INTERACTION_TASKS) \
-	    --episodes-per-task 100 --policy expert:0.2,noisy:0.4,random:0.4 --episode-steps 50 --workers 1
+	    --episodes-per-task 100 --policy expert:0.2,noisy:0.4,random:0.4 --episode-steps 50 --workers 2
 	$(PY) experiments/train_world_model.py --config experiments/configs/ghvae_planning.yaml $(ARGS)
 
 clean-venv:
