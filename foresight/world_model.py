@@ -431,7 +431,10 @@ class WorldModel(nn.Module, abc.ABC):
         model.to(map_location)
         stage = meta.get("stage")
         if stage in model.stages:
-            model.stage = stage
+            # set_stage, not a bare assignment: the loaded model freezes what the saved one froze. Frozen and
+            # trainable weights can take different CPU kernels (nn.Linear on [..., L, Ch] inputs differs in the
+            # last bit), so a round trip predicts bit-identically only with the same requires_grad pattern.
+            model.set_stage(stage)
         stats_path = directory / ckpt.STATS_NAME
         if stats_path.exists():
             model.stats = ckpt.read_json(stats_path, what="data stats")

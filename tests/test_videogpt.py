@@ -349,6 +349,9 @@ def test_save_load_round_trip_is_bit_identical(trained, tmp_path):
     model.save_pretrained(tmp_path / "m")
     loaded = foresight.load(tmp_path / "m")
     assert isinstance(loaded, VideoGPT) and loaded.stage == "prior" and loaded.config == model.config
+    # the loaded model freezes what the saved one froze (set_stage on load)
+    assert [q.requires_grad for q in loaded.parameters()] == [q.requires_grad for q in model.parameters()]
+    assert any(q.requires_grad for q in loaded.parameters()) and not all(q.requires_grad for q in loaded.parameters())
     sd1, sd2 = model.state_dict(), loaded.state_dict()
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
     assert float(loaded.vqvae.data_variance) > 0 and int(loaded.vqvae.quantizer.initialized) == 1
