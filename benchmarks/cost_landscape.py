@@ -27,9 +27,8 @@ import numpy as np
 import torch
 
 from experiments.common import cli_main, write_results
+from experiments.plan_to_goal import TASKS5  # the planning benchmark's five tasks, defined once
 from foresight.config import build_config
-
-TASKS5 = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3", "door-open-v3", "push-v3")
 
 
 def expert_path(task: str, variation: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
