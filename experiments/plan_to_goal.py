@@ -732,6 +732,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.robonet_dir and cfg.agent == "mpc" and cfg.model == "simulator":
         raise UsageError("model=simulator cannot plan on RoboNet (a real robot's recording cannot be re-simulated); "
                          "use model=copy_last or a world-model checkpoint")
+    if cfg.agent == "mpc" and cfg.model not in ("simulator", "copy_last"):
+        from foresight.checkpoint import CheckpointError, resolve_checkpoint
+        try:  # before any run folder, worker or environment exists
+            resolve_checkpoint(cfg.model)
+        except CheckpointError as e:
+            raise UsageError(f"model={cfg.model}: {e} (or use model=simulator / model=copy_last)") from None
     what = "random" if cfg.agent == "random" else cfg.planner
     model_tag = Path(cfg.model).name if cfg.model not in ("simulator", "copy_last") else cfg.model
     if Path(cfg.model).name in ("model", "last") and cfg.model not in ("simulator", "copy_last"):

@@ -218,3 +218,14 @@ def test_scripted_gripper_height_per_task(tmp_path, monkeypatch):
     assert [r["task"] for r in info["per_episode"]] == ["reach-v3", "push-v3"]
     assert seen == [1.0, 0.08]  # reach: the default height; push: its own
     assert info["config"]["gripper_z_by_task"] == {"push-v3": 0.08}
+
+
+def test_a_missing_model_is_a_usage_error_before_any_run_folder(tmp_path):
+    from experiments.common import UsageError
+    from experiments.plan_to_goal import main
+
+    (tmp_path / "empty").mkdir()
+    for model, message in ((tmp_path / "nothing", "checkpoint not found"), (tmp_path / "empty", "no checkpoint at")):
+        with pytest.raises(UsageError, match=message):
+            main([f"model={model}", f"out={tmp_path / 'out'}", "name=run", "tasks=[reach-v3]", "variations=[10000]"])
+    assert not (tmp_path / "out").exists()
