@@ -430,21 +430,29 @@ class SubgoalSchedule:
     pose, round an obstacle or bring an object along): an image of the way there gives the planner a nearer target.
     Subgoal i is the agent's goal until the observed frame's cost toward it (`VisualMPC.goal_distance`, the cost
     the planner minimises) has fallen to ``advance_fraction`` of what it was when subgoal i became the goal, or
-    until ``max_steps_each`` steps were spent on it; the final goal then stays. The agent keeps its warm start
-    across the switch.
+    until ``max_steps_each`` steps were spent on it; the final goal then stays. ``not_before`` (one step index per
+    subgoal, e.g. the steps at which the expert's run showed each frame) holds subgoal i against the cost test
+    until episode step ``not_before[i]``, for costs that fall early (a coarse embedding that sees the hand above
+    an object before the hand is down at it); the timeout still applies. The agent keeps its warm start across
+    the switch.
 
         schedule = SubgoalSchedule(agent, goal.subgoals, max_steps_each=25)
         ep = run_episode(env, schedule, goal.image, max_steps=120)
         schedule.switch_steps        # the step at which each subgoal was left
     """
 
-    def __init__(self, agent: VisualMPC, subgoals: Any, *, max_steps_each: int, advance_fraction: float = 0.2):
+    def __init__(self, agent: VisualMPC, subgoals: Any, *, max_steps_each: int, advance_fraction: float = 0.2,
+                 not_before: Any = None):
         if max_steps_each < 1:
             raise ValueError(f"max_steps_each must be >= 1, got {max_steps_each}")
         if not 0 <= advance_fraction < 1:
             raise ValueError(f"advance_fraction must be in [0, 1), got {advance_fraction}")
         self.agent = agent
         self.subgoals = list(subgoals)
+        self.not_before = [0] * len(self.subgoals) if not_before is None else [int(t) for t in not_before]
+        if len(self.not_before) != len(self.subgoals) or min(self.not_before, default=0) < 0:
+            raise ValueError(f"not_before: expected one step index >= 0 per subgoal ({len(self.subgoals)}), "
+                             f"got {not_before}")
         self.max_steps_each = int(max_steps_each)
         self.advance_fraction = float(advance_fraction)
         self.index = 0
@@ -465,7 +473,8 @@ class SubgoalSchedule:
             d = self.agent.goal_distance(obs)
             if self.start_cost is None:
                 self.start_cost = d
-            if d > self.advance_fraction * self.start_cost and self.since < self.max_steps_each:
+            held = self.t < self.not_before[self.index] or d > self.advance_fraction * self.start_cost
+            if held and self.since < self.max_steps_each:
                 break
             self.index += 1
             self.since, self.start_cost = 0, None

@@ -90,6 +90,7 @@ class PlanToGoalConfig:
                                            # evenly spaced in time, to reach one after the other (0: the goal only)
     subgoal_max_steps: int = 0             # steps at most per subgoal (0: max_steps // (subgoals + 1))
     subgoal_advance: float = 0.2           # move on when the frame's cost to the subgoal fell to this fraction
+    subgoal_expert_pace: bool = False      # and not before the step at which the expert's run showed the subgoal
     image_size: int = 64
     seed: int = 0
     videos: bool = True                    # write real-vs-imagined videos
@@ -457,6 +458,7 @@ def run_metaworld_episode(cfg: PlanToGoalConfig, task: str, variation: int, run_
         check = control_check(cfg, agent, env, goal)
     if cfg.agent == "mpc" and goal.subgoals:
         agent = SubgoalSchedule(agent, goal.subgoals, advance_fraction=cfg.subgoal_advance,
+                                not_before=goal.subgoal_steps if cfg.subgoal_expert_pace else None,
                                 max_steps_each=cfg.subgoal_max_steps or max(cfg.max_steps // (cfg.subgoals + 1), 1))
     ep = run_episode(env, agent, goal.image, max_steps=cfg.max_steps, stop_on_success=cfg.stop_on_success)
     final_state = env.get_sim_state()["state_obs"]
@@ -714,6 +716,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          f"got {cfg.goal_settle_steps}")
     if cfg.subgoals < 0 or cfg.subgoal_max_steps < 0:
         raise UsageError(f"subgoals and subgoal_max_steps must be >= 0, got {cfg.subgoals}, {cfg.subgoal_max_steps}")
+    if cfg.subgoal_expert_pace and not cfg.subgoals:
+        raise UsageError("subgoal_expert_pace holds each subgoal until the expert's step for it; it needs subgoals > 0")
     if not 0 <= cfg.subgoal_advance < 1:
         raise UsageError(f"subgoal_advance must be in [0, 1) (a fraction of the cost to the subgoal), "
                          f"got {cfg.subgoal_advance}")

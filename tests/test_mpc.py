@@ -303,6 +303,36 @@ def test_subgoal_schedule_visits_each_subgoal_in_order_then_the_goal():
     assert min(np.linalg.norm(blob_positions(plain) - np.asarray(detour[0]), axis=1)) > 4.0
 
 
+def test_subgoal_schedule_holds_each_subgoal_until_its_not_before_step():
+    class AtEveryGoal:  # its cost to any goal is 0 from the start: the cost test alone passes at once
+        records = []
+
+        def reset(self, goal, obs=None):
+            self.goal = goal
+
+        def set_goal(self, goal):
+            self.goal = goal
+
+        def goal_distance(self, obs):
+            return 0.0
+
+        def act(self, obs):
+            return np.zeros(2, np.float32)
+
+    subgoals = [render(torch.tensor([3.0, 12.0])), render(torch.tensor([8.0, 13.0]))]
+    free = SubgoalSchedule(AtEveryGoal(), subgoals, max_steps_each=50, advance_fraction=0.2)
+    run_episode(PointEnv(), free, goal_image(), max_steps=12)
+    assert free.switch_steps == [0, 0]  # both left before the first action
+    held = SubgoalSchedule(AtEveryGoal(), subgoals, max_steps_each=50, advance_fraction=0.2, not_before=[5, 9])
+    run_episode(PointEnv(), held, goal_image(), max_steps=12)
+    assert held.switch_steps == [5, 9] and torch.equal(held.agent.goal, goal_image())
+    timed = SubgoalSchedule(AtEveryGoal(), subgoals, max_steps_each=3, advance_fraction=0.2, not_before=[5, 9])
+    run_episode(PointEnv(), timed, goal_image(), max_steps=12)
+    assert timed.switch_steps == [3, 6]  # the timeout (3 steps each) still moves on before not_before
+    with pytest.raises(ValueError, match="one step index >= 0 per subgoal"):
+        SubgoalSchedule(AtEveryGoal(), subgoals, max_steps_each=3, not_before=[5])
+
+
 def test_subgoal_schedule_moves_on_when_a_subgoal_takes_too_long():
     agent = VisualMPC(point_model(), CEM(num_samples=20, iterations=1), horizon=3, action_low=-np.ones(2),
                       action_high=np.ones(2), cost="pixel", replan_every=3, seed=0)

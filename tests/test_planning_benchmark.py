@@ -229,3 +229,11 @@ def test_a_missing_model_is_a_usage_error_before_any_run_folder(tmp_path):
         with pytest.raises(UsageError, match=message):
             main([f"model={model}", f"out={tmp_path / 'out'}", "name=run", "tasks=[reach-v3]", "variations=[10000]"])
     assert not (tmp_path / "out").exists()
+
+
+def test_subgoal_expert_pace_needs_subgoals(tmp_path):
+    from experiments.common import UsageError
+    from experiments.plan_to_goal import main
+
+    with pytest.raises(UsageError, match="needs subgoals > 0"):
+        main(["subgoal_expert_pace=true", "model=copy_last", f"out={tmp_path}", "name=run"])
