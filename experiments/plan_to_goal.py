@@ -585,13 +585,26 @@ def run_metaworld(cfg: PlanToGoalConfig, device: torch.device, run_dir: Path) ->
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
-            futures = [pool.submit(_worker_episode, cfg, t, v, run_dir) for t, v in episodes]
+        pool = ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"),
+                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
+        futures = {pool.submit(_worker_episode, cfg, t, v, run_dir): (t, v) for t, v in episodes}
+        try:
             for fut in as_completed(futures):
-                rows.append(fut.result())
+                try:
+                    rows.append(fut.result())
+                except Exception as e:
+                    task, variation = futures[fut]
+                    raise RuntimeError(f"episode {task} variation {variation} failed: {type(e).__name__}: {e} "
+                                       f"({len(rows)} finished episodes are kept in {run_dir / 'eval_info.json'}; "
+                                       f"rerun the same command to resume)") from e
                 write()
                 bar.update()
+        except BaseException:
+            # Stop at the first failure: the episodes not started are cancelled and only those in flight finish
+            # (a plain `with` block would play every remaining episode before raising, recording none of them).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     else:
         learned = _load_model(cfg, device) if cfg.agent == "mpc" and cfg.model != "simulator" else None
         for t, v in episodes:
@@ -636,7 +649,13 @@ def control_check(cfg: PlanToGoalConfig, agent: Any, env: Any, goal: Any) -> dic
     g = torch.Generator().manual_seed(cfg.seed + 12345)
     distinct = -(-h // cfg.action_repeat)
     plans = (torch.rand(cfg.control_plans, distinct, a, generator=g) * 2 - 1).repeat_interleave(cfg.action_repeat, 1)[:, :h]
-    model_cost = agent.objective(context, None, cfg.seed)(plans).numpy()  # [N]
+    gripper = getattr(agent, "gripper", None)
+    gripper_value = None
+    if gripper is not None:  # a scripted gripper: every plan holds its value at the start, as the planner's would
+        gripper_value = float(gripper(obs))
+        plans[..., gripper.action_index] = gripper_value
+    searched = plans[..., agent.planned_dims] if gripper is not None else plans  # the dims the objective takes
+    model_cost = agent.objective(context, gripper_value, cfg.seed)(searched).numpy()  # [N]
 
     true, final_states = [], []
     sim_ctx = torch.zeros(1, 1, 3, cfg.image_size, cfg.image_size)
@@ -668,6 +687,8 @@ def control_check(cfg: PlanToGoalConfig, agent: Any, env: Any, goal: Any) -> dic
     for axis, sign in AXES.values():
         act = torch.zeros(1, h, a)
         act[:, :, axis] = sign
+        if gripper_value is not None:
+            act[:, :, gripper.action_index] = gripper_value
         p = rollout_frames(context[None], act, seed=cfg.seed)[0, 0, -1].cpu()  # [3, h, w]
         t = sim.predict(sim_ctx, act)[0, 0, -1]
         pred_final.append(p), true_final.append(resize_frames(t[None], model.image_size)[0])

@@ -237,3 +237,40 @@ def test_subgoal_expert_pace_needs_subgoals(tmp_path):
 
     with pytest.raises(UsageError, match="needs subgoals > 0"):
         main(["subgoal_expert_pace=true", "model=copy_last", f"out={tmp_path}", "name=run"])
+
+
+@pytest.mark.mujoco
+def test_control_check_runs_with_a_scripted_gripper(tiny_ghvae_dir, tmp_path):
+    # The check's random plans are full 4-D actions; with gripper=true the objective takes the 3 planned dims
+    # (this raised a shape mismatch, which in a 2-worker run silently cost the whole run).
+    info = plan_to_goal.main(_args(tiny_ghvae_dir, tmp_path, cost="embedding", max_steps=1, name="grip",
+                                   videos="false", gripper="true", gripper_z="1.0"))
+    check = info["control_check"]["reach-v3"]
+    assert check["plans"] == 6 and all(m["true"] > 0 for m in check["motion"].values())
+
+
+def test_a_failing_episode_stops_a_worker_run_at_once(tmp_path, monkeypatch):
+    # The pool's `with` block used to play every remaining episode before the error surfaced, recording none.
+    monkeypatch.setattr(plan_to_goal, "_worker_episode", _failing_episode)
+    variations = "[" + ", ".join(str(10000 + i) for i in range(12)) + "]"
+    import time
+    t0 = time.time()
+    with pytest.raises(RuntimeError, match="episode reach-v3 variation 10002 failed: ValueError: boom"):
+        plan_to_goal.main(["model=copy_last", f"out={tmp_path}", "name=run", "tasks=[reach-v3]",
+                           f"variations={variations}", "workers=2", "control_check=false", "videos=false"])
+    info = json.loads((tmp_path / "run" / "eval_info.json").read_text())
+    played = {r["variation"] for r in info["per_episode"]}
+    # the episode that finished before the failure is kept; the failed one is not; those not started are cancelled
+    assert 10000 in played and 10002 not in played and len(played) <= 8
+    assert time.time() - t0 < 60
+
+
+def _failing_episode(cfg, task, variation, run_dir):
+    import time
+    if variation == 10002:  # the first worker's second episode, well after its first is recorded
+        time.sleep(2.0)
+        raise ValueError("boom")
+    time.sleep(0.5)
+    return {"task": task, "variation": variation, "success": 0.0, "success_final": 0.0, "steps": 1, "plans": 0,
+            "first_success_step": None, "final_state_distance": 0.1, "initial_state_distance": 0.2,
+            "final_pixel_distance": 1.0, "initial_pixel_distance": 2.0, "plan_seconds_mean": 0.0, "seconds": 1.0}
