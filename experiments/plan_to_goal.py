@@ -654,8 +654,8 @@ def control_check(cfg: PlanToGoalConfig, agent: Any, env: Any, goal: Any) -> dic
     if gripper is not None:  # a scripted gripper: every plan holds its value at the start, as the planner's would
         gripper_value = float(gripper(obs))
         plans[..., gripper.action_index] = gripper_value
-    searched = plans[..., agent.planned_dims] if gripper is not None else plans  # the dims the objective takes
-    model_cost = agent.objective(context, gripper_value, cfg.seed)(searched).numpy()  # [N]
+    # the objective takes the planned dims (all of them without a scripted gripper) and fills the gripper back in
+    model_cost = agent.objective(context, gripper_value, cfg.seed)(plans[..., agent.planned_dims]).numpy()  # [N]
 
     true, final_states = [], []
     sim_ctx = torch.zeros(1, 1, 3, cfg.image_size, cfg.image_size)
@@ -757,15 +757,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.robonet_dir and cfg.agent == "mpc" and cfg.model == "simulator":
         raise UsageError("model=simulator cannot plan on RoboNet (a real robot's recording cannot be re-simulated); "
                          "use model=copy_last or a world-model checkpoint")
-    if cfg.agent == "mpc" and cfg.model not in ("simulator", "copy_last"):
+    builtin = cfg.model in ("simulator", "copy_last")
+    if cfg.agent == "mpc" and not builtin:
         from foresight.checkpoint import CheckpointError, resolve_checkpoint
         try:  # before any run folder, worker or environment exists
             resolve_checkpoint(cfg.model)
         except CheckpointError as e:
             raise UsageError(f"model={cfg.model}: {e} (or use model=simulator / model=copy_last)") from None
     what = "random" if cfg.agent == "random" else cfg.planner
-    model_tag = Path(cfg.model).name if cfg.model not in ("simulator", "copy_last") else cfg.model
-    if Path(cfg.model).name in ("model", "last") and cfg.model not in ("simulator", "copy_last"):
+    model_tag = cfg.model if builtin else Path(cfg.model).name
+    if not builtin and Path(cfg.model).name in ("model", "last"):
         model_tag = Path(cfg.model).parent.name  # runs/x/model -> x
     if cfg.robonet_dir:
         model_tag = f"robonet__{model_tag}"
